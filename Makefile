@@ -1,0 +1,54 @@
+# ctxlookup: `make test` and `make demo` work on a fresh Debian machine with Python 3.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+APT_PACKAGES := libopenblas-dev libcurl4-openssl-dev libcjson-dev pkg-config
+PY_TEST_DEPS := "torch==2.13.0" "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
+                "transformer-lens>=2.0" "scipy>=1.10" "pyarrow>=12" "pandas>=1.5" "tqdm>=4.60" \
+                "pytest>=7" "numpy>=1.23" "setuptools>=64" wheel
+CFLAGS_C := -std=c11 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -Icsrc \
+            $(shell pkg-config --cflags openblas libcurl libcjson 2>/dev/null)
+LIBS_C := $(shell pkg-config --libs openblas libcurl libcjson 2>/dev/null) -lm -fopenmp
+C_LIB_SRC := $(filter-out csrc/py_%.c,$(wildcard csrc/*.c))
+C_TESTS := $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
+
+.PHONY: all sysdeps deps build test test-py test-c demo bench sanitize clean
+
+all: build
+
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)); fi
+
+deps: sysdeps
+	$(PIP) install -q $(PY_TEST_DEPS)
+
+build: sysdeps
+	$(PIP) install -q --no-build-isolation -e .
+
+test: deps build test-c test-py
+
+test-py:
+	$(PYTHON) -m pytest tests -q
+
+tests/c/bin/%: tests/c/%.c $(C_LIB_SRC) $(wildcard csrc/*.h)
+	@mkdir -p tests/c/bin
+	$(CC) $(CFLAGS_C) $(EXTRA_CFLAGS) -o $@ $< $(C_LIB_SRC) $(LIBS_C) $(EXTRA_LDFLAGS)
+
+test-c: sysdeps $(C_TESTS)
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; $$t; done
+
+# C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate, slower check)
+sanitize: sysdeps
+	rm -rf tests/c/bin
+	$(MAKE) test-c EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" EXTRA_LDFLAGS="-fsanitize=address,undefined"
+	rm -rf tests/c/bin
+
+demo: deps build
+	$(PYTHON) -m ctxlookup.examples.quickstart
+
+bench: deps build
+	$(PYTHON) benchmarks/bench_forward.py
+
+clean:
+	rm -rf build tests/c/bin python/ctxlookup/*.so *.egg-info python/*.egg-info

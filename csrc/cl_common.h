@@ -1,0 +1,54 @@
+/* cl_common.h: status codes, the error record and cancellation shared by the whole C core.
+ * Nothing here knows about Python: the C library never includes Python.h, never exits,
+ * aborts or prints. Every fallible function takes a cl_error * and returns a cl_status. */
+#ifndef CL_COMMON_H
+#define CL_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    CL_OK = 0,
+    CL_ENOMEM,     /* allocation failed */
+    CL_EINVAL,     /* bad argument: ids out of range, wrong shape, unknown hook */
+    CL_EIO,        /* a file could not be opened, read or mapped */
+    CL_EFORMAT,    /* a file is malformed: safetensors header, config.json, tokenizer files */
+    CL_EHTTP,      /* network */
+    CL_ECANCELLED, /* the cancel callback asked us to stop (Ctrl-C) */
+    CL_ECALLBACK   /* a user callback (Python hook) raised; the binding holds the exception */
+} cl_status;
+
+typedef struct {
+    cl_status code;
+    char msg[512];
+} cl_error;
+
+/* Fill err (may be NULL) with code and a printf-style message; returns code. */
+cl_status cl_fail(cl_error *err, cl_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Cancellation: long work calls cl_cancel_check() between steps; a non-zero return from the
+ * callback stops the work with CL_ECANCELLED. The binding's callback re-takes the GIL and runs
+ * PyErr_CheckSignals, so Ctrl-C in Jupyter stops a forward pass between layers. */
+typedef int (*cl_cancel_fn)(void *ctx);
+typedef struct {
+    cl_cancel_fn fn;
+    void *ctx;
+} cl_cancel;
+
+static inline int cl_cancel_check(const cl_cancel *c) { return c && c->fn && c->fn(c->ctx); }
+
+/* Overflow-checked size arithmetic: returns 0 on overflow. */
+static inline int cl_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+/* Read a whole small file (config.json, vocab.json) into a NUL-terminated buffer. */
+cl_status cl_read_file(const char *path, char **data, size_t *len, cl_error *err);
+
+#endif

@@ -1,0 +1,343 @@
+/* cl_forward.c: embed -> blocks (sequential | parallel) -> ln_final -> unembed, with hooks.
+ * Activations are packed: only real tokens are computed (sequences back to back, no padding),
+ * so every row of a padded batch gets exactly the numbers it gets alone, and padding costs
+ * nothing. Attention is per sequence and head, causal half only. GEMMs use OpenBLAS threads;
+ * attention and elementwise loops use OpenMP, never nested inside a GEMM. Stops after the
+ * deepest hook point anyone asked for when logits are not wanted. */
+#include "cl_forward.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cl_blas.h"
+#include "cl_kernels.h"
+
+typedef struct {
+    const cl_model *m;
+    const cl_fwd_args *a;
+    const int32_t *start; /* (B) first packed row of each sequence */
+    size_t N;
+    int remaining;        /* active hook points not yet reached */
+    float *tmp;           /* contiguous copy for callbacks on strided views */
+    float *attn_buf;      /* (B, H, T_pad, T_pad) when scores/pattern are hooked */
+} fwd;
+
+static cl_hook_slot *slot_of(const fwd *f, cl_hook_kind k, int layer) {
+    if (!f->a->slots) return NULL;
+    cl_hook_slot *s = &f->a->slots[cl_hook_slot_index(&f->m->cfg, k, layer)];
+    return (s->capture || s->patch || s->callback || s->ablate_heads || s->n_set) ? s : NULL;
+}
+
+/* Run a per-token hook point on a packed view data (N rows, F features, row stride `stride`). */
+static cl_status hook_rows(fwd *f, cl_hook_kind kind, int layer, float *data, size_t stride, cl_error *err) {
+    cl_hook_slot *s = slot_of(f, kind, layer);
+    if (!s) return CL_OK;
+    f->remaining--;
+    const cl_config *c = &f->m->cfg;
+    const cl_fwd_args *a = f->a;
+    const size_t F = cl_hook_features(c, kind), N = f->N;
+    if (s->patch) {
+        for (int b = 0; b < a->B; b++)
+            for (int t = 0; t < a->lengths[b]; t++)
+                memcpy(data + (size_t)(f->start[b] + t) * stride, s->patch + ((size_t)b * a->T_pad + t) * F, F * sizeof(float));
+    }
+    if (s->ablate_heads) {
+        size_t per = F / (size_t)c->n_heads;
+        for (int h = 0; h < c->n_heads; h++) {
+            if (!s->ablate_heads[h]) continue;
+            for (size_t r = 0; r < N; r++) {
+                float *d = data + r * stride + (size_t)h * per;
+                if (s->ablate_values) memcpy(d, s->ablate_values + (size_t)h * per, per * sizeof(float));
+                else memset(d, 0, per * sizeof(float));
+            }
+        }
+    }
+    for (int i = 0; i < s->n_set; i++)
+        for (size_t r = 0; r < N; r++) data[r * stride + s->set_idx[i]] = s->set_val[i];
+    if (s->callback) {
+        float *buf = data;
+        if (stride != F) {
+            buf = f->tmp;
+            for (size_t r = 0; r < N; r++) memcpy(buf + r * F, data + r * stride, F * sizeof(float));
+        }
+        cl_hook_view v = {kind, layer, buf, 0, N, F};
+        cl_status st = a->hook_fn(a->hook_ctx, &v, err);
+        if (st) return st;
+        if (stride != F)
+            for (size_t r = 0; r < N; r++) memcpy(data + r * stride, buf + r * F, F * sizeof(float));
+    }
+    if (s->capture) {
+        int P = a->pos ? a->P : a->T_pad;
+        for (int b = 0; b < a->B; b++)
+            for (int p = 0; p < P; p++) {
+                float *o = s->capture + ((size_t)b * P + p) * F;
+                int t = a->pos ? a->pos[(size_t)b * P + p] : p;
+                if (t < a->lengths[b]) memcpy(o, data + (size_t)(f->start[b] + t) * stride, F * sizeof(float));
+                else memset(o, 0, F * sizeof(float));
+            }
+    }
+    return CL_OK;
+}
+
+/* Attention hook point on the materialised (B, H, T_pad, T_pad) buffer. */
+static cl_status hook_attention(fwd *f, cl_hook_kind kind, int layer, cl_error *err) {
+    cl_hook_slot *s = slot_of(f, kind, layer);
+    if (!s) return CL_OK;
+    f->remaining--;
+    const cl_fwd_args *a = f->a;
+    const size_t H = f->m->cfg.n_heads, T = a->T_pad, total = (size_t)a->B * H * T * T;
+    if (s->patch) memcpy(f->attn_buf, s->patch, total * sizeof(float));
+    if (s->callback) {
+        cl_hook_view v = {kind, layer, f->attn_buf, 1, 0, H};
+        cl_status st = a->hook_fn(a->hook_ctx, &v, err);
+        if (st) return st;
+    }
+    if (s->capture) {
+        if (!a->pos) memcpy(s->capture, f->attn_buf, total * sizeof(float));
+        else
+            for (int b = 0; b < a->B; b++)
+                for (size_t h = 0; h < H; h++)
+                    for (int p = 0; p < a->P; p++)
+                        memcpy(s->capture + (((size_t)b * H + h) * a->P + p) * T,
+                               f->attn_buf + (((size_t)b * H + h) * T + a->pos[(size_t)b * a->P + p]) * T, T * sizeof(float));
+    }
+    return CL_OK;
+}
+
+#define TRY(x) do { st = (x); if (st) goto done; } while (0)
+#define DONE_IF_FINISHED() do { if (f.remaining == 0 && !a->logits && !want_final) goto done; } while (0)
+
+cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
+    const cl_config *c = &m->cfg;
+    const int L = c->n_layers, H = c->n_heads, dh = c->d_head;
+    const size_t D = c->d_model, M = c->d_mlp, V = c->d_vocab;
+    cl_status st = CL_OK;
+    fwd f = {m, a, NULL, 0, 0, NULL, NULL};
+    int32_t *start = NULL;
+    float *resid = NULL, *ln = NULL, *scale = NULL, *qkv = NULL, *z = NULL, *attn_out = NULL, *mlp = NULL,
+          *mlp_out = NULL, *result = NULL, *scratch = NULL;
+
+    /* ---- validate ---- */
+    if (a->B < 1) return cl_fail(err, CL_EINVAL, "empty batch: at least one sequence is needed");
+    if (a->stop_at_layer < 0 || a->stop_at_layer > L)
+        return cl_fail(err, CL_EINVAL, "stop_at_layer %d is outside [0, %d]", a->stop_at_layer, L);
+    if (a->logits && a->stop_at_layer != L) return cl_fail(err, CL_EINVAL, "logits need the full model (stop_at_layer = n_layers)");
+    start = malloc((size_t)a->B * sizeof *start);
+    if (!start) return cl_fail(err, CL_ENOMEM, "out of memory");
+    size_t N = 0;
+    int maxT = 0;
+    for (int b = 0; b < a->B; b++) {
+        int len = a->lengths[b];
+        if (len < 1) { st = cl_fail(err, CL_EINVAL, "sequence %d is empty (length %d); every sequence needs at least one token", b, len); goto done; }
+        if (len > c->n_ctx) { st = cl_fail(err, CL_EINVAL, "sequence %d has %d tokens, more than the model's context n_ctx = %d", b, len, c->n_ctx); goto done; }
+        if (len > a->T_pad) { st = cl_fail(err, CL_EINVAL, "sequence %d has %d tokens, more than the padded length %d", b, len, a->T_pad); goto done; }
+        start[b] = (int32_t)N;
+        N += (size_t)len;
+        if (len > maxT) maxT = len;
+    }
+    for (size_t i = 0; i < N; i++)
+        if (a->tokens[i] < 0 || a->tokens[i] >= c->d_vocab) {
+            int b = 0;
+            while (b + 1 < a->B && (size_t)start[b + 1] <= i) b++;
+            st = cl_fail(err, CL_EINVAL, "token id %d at sequence %d, position %d is outside the vocabulary [0, %d)",
+                         a->tokens[i], b, (int)(i - (size_t)start[b]), c->d_vocab);
+            goto done;
+        }
+    if (a->pos)
+        for (int b = 0; b < a->B; b++)
+            for (int p = 0; p < a->P; p++) {
+                int t = a->pos[(size_t)b * a->P + p];
+                if (t < 0 || t >= a->lengths[b]) {
+                    st = cl_fail(err, CL_EINVAL, "pos[%d][%d] = %d is outside sequence %d's %d tokens", b, p, t, b, a->lengths[b]);
+                    goto done;
+                }
+            }
+    f.start = start;
+    f.N = N;
+    int want_attn_buf = 0, want_result = 0, want_final = 0;
+    if (a->slots) {
+        for (int k = 0; k < CL_HK_COUNT; k++)
+            for (int l = -1; l < L; l++) {
+                if (cl_hook_is_block((cl_hook_kind)k) != (l >= 0)) continue;
+                if (!slot_of(&f, (cl_hook_kind)k, l)) continue;
+                if (!cl_hook_available(c, (cl_hook_kind)k)) {
+                    char nm[96];
+                    cl_hook_name(c, (cl_hook_kind)k, l, nm, sizeof nm);
+                    st = cl_fail(err, CL_EINVAL, "hook '%s' does not exist in this model", nm);
+                    goto done;
+                }
+                if ((l >= a->stop_at_layer) || (k >= CL_HK_LNF_SCALE && a->stop_at_layer != L)) {
+                    char nm[96];
+                    cl_hook_name(c, (cl_hook_kind)k, l, nm, sizeof nm);
+                    st = cl_fail(err, CL_EINVAL, "hook '%s' is not reached with stop_at_layer = %d", nm, a->stop_at_layer);
+                    goto done;
+                }
+                f.remaining++;
+                if (k == CL_HK_ATTN_SCORES || k == CL_HK_PATTERN) want_attn_buf = 1;
+                if (k == CL_HK_RESULT) want_result = 1;
+                if (k >= CL_HK_LNF_SCALE) want_final = 1;
+                if (slot_of(&f, (cl_hook_kind)k, l)->callback && !a->hook_fn) {
+                    st = cl_fail(err, CL_EINVAL, "a callback was requested without a hook function");
+                    goto done;
+                }
+            }
+    }
+    int last_layer = a->stop_at_layer; /* blocks to run */
+
+    /* ---- buffers ---- */
+    size_t wide = 3 * D > M ? 3 * D : M;
+    int nthreads = omp_get_max_threads();
+    size_t scratch_per = (size_t)maxT * dh + (size_t)maxT;
+    resid = malloc(N * D * sizeof(float));
+    ln = malloc(N * D * sizeof(float));
+    scale = malloc(N * sizeof(float));
+    qkv = malloc(N * 3 * D * sizeof(float));
+    z = malloc(N * D * sizeof(float));
+    attn_out = malloc(N * D * sizeof(float));
+    mlp = malloc(N * M * sizeof(float));
+    mlp_out = malloc(N * D * sizeof(float));
+    f.tmp = malloc(N * (wide > (size_t)H * D ? wide : (size_t)H * D) * sizeof(float));
+    scratch = malloc((size_t)nthreads * scratch_per * sizeof(float));
+    if (want_result) result = malloc(N * (size_t)H * D * sizeof(float));
+    if (want_attn_buf) f.attn_buf = malloc((size_t)a->B * H * a->T_pad * a->T_pad * sizeof(float));
+    if (!resid || !ln || !scale || !qkv || !z || !attn_out || !mlp || !mlp_out || !f.tmp || !scratch ||
+        (want_result && !result) || (want_attn_buf && !f.attn_buf)) {
+        st = cl_fail(err, CL_ENOMEM, "out of memory for activations of %zu tokens", N);
+        goto done;
+    }
+
+    /* ---- embeddings: hook_embed, hook_pos_embed, resid_pre of block 0 ---- */
+    for (size_t i = 0; i < N; i++) memcpy(ln + i * D, m->W_E + (size_t)a->tokens[i] * D, D * sizeof(float));
+    TRY(hook_rows(&f, CL_HK_EMBED, -1, ln, D, err));
+    memcpy(resid, ln, N * D * sizeof(float));
+    if (m->W_pos) {
+        for (int b = 0; b < a->B; b++)
+            memcpy(attn_out + (size_t)start[b] * D, m->W_pos, (size_t)a->lengths[b] * D * sizeof(float));
+        TRY(hook_rows(&f, CL_HK_POS_EMBED, -1, attn_out, D, err));
+        cl_add(resid, attn_out, N * D);
+    }
+
+    for (int l = 0; l < last_layer; l++) {
+        DONE_IF_FINISHED();
+        if (cl_cancel_check(&a->cancel)) { st = cl_fail(err, CL_ECANCELLED, "cancelled"); goto done; }
+        TRY(hook_rows(&f, CL_HK_RESID_PRE, l, resid, D, err));
+        DONE_IF_FINISHED();
+        /* attention: ln1 -> qkv -> (rotary) -> softmax(q k^T / sqrt(d_head)) v -> z -> W_O */
+        cl_layernorm(ln, scale, resid, m->ln1_w ? m->ln1_w + l * D : NULL, m->ln1_b ? m->ln1_b + l * D : NULL, N, D, c->eps);
+        TRY(hook_rows(&f, CL_HK_LN1_SCALE, l, scale, 1, err));
+        TRY(hook_rows(&f, CL_HK_LN1_NORMALIZED, l, ln, D, err));
+        DONE_IF_FINISHED();
+        cl_fill_rows(qkv, m->b_QKV + (size_t)l * 3 * D, N, 3 * D);
+        cl_sgemm(0, 0, (int)N, (int)(3 * D), (int)D, ln, (int)D, m->W_QKV + (size_t)l * D * 3 * D, (int)(3 * D), 1.0f, qkv, (int)(3 * D));
+        TRY(hook_rows(&f, CL_HK_Q, l, qkv, 3 * D, err));
+        TRY(hook_rows(&f, CL_HK_K, l, qkv + D, 3 * D, err));
+        TRY(hook_rows(&f, CL_HK_V, l, qkv + 2 * D, 3 * D, err));
+        if (c->rotary_dim) {
+            for (int b = 0; b < a->B; b++) {
+                float *row = qkv + (size_t)start[b] * 3 * D;
+                cl_rotary(row, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos, m->rope_sin);
+                cl_rotary(row + D, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos, m->rope_sin);
+            }
+            TRY(hook_rows(&f, CL_HK_ROT_Q, l, qkv, 3 * D, err));
+            TRY(hook_rows(&f, CL_HK_ROT_K, l, qkv + D, 3 * D, err));
+        }
+        DONE_IF_FINISHED();
+        float sc = c->attn_scale / (c->scale_by_layer ? (float)(l + 1) : 1.0f);
+        const int tasks = a->B * H;
+        if (slot_of(&f, CL_HK_ATTN_SCORES, l) || slot_of(&f, CL_HK_PATTERN, l)) {
+            const size_t T = a->T_pad;
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
+                cl_attention_scores(f.attn_buf + ((size_t)b * H + h) * T * T, T, q, q + D, 3 * D, a->lengths[b], (int)T, dh, sc,
+                                    scratch + (size_t)omp_get_thread_num() * scratch_per);
+            }
+            TRY(hook_attention(&f, CL_HK_ATTN_SCORES, l, err));
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                cl_attention_softmax(f.attn_buf + ((size_t)b * H + h) * T * T, T, a->lengths[b], (int)T);
+            }
+            TRY(hook_attention(&f, CL_HK_PATTERN, l, err));
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                const float *v = qkv + (size_t)start[b] * 3 * D + 2 * D + (size_t)h * dh;
+                cl_attention_pv(z + (size_t)start[b] * D + (size_t)h * dh, D, f.attn_buf + ((size_t)b * H + h) * T * T, T, v, 3 * D,
+                                a->lengths[b], dh);
+            }
+        } else {
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
+                cl_attention_head(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D, a->lengths[b], dh, sc,
+                                  scratch + (size_t)omp_get_thread_num() * scratch_per);
+            }
+        }
+        TRY(hook_rows(&f, CL_HK_Z, l, z, D, err));
+        DONE_IF_FINISHED();
+        const float *WO = m->W_O + (size_t)l * D * D;
+        if (slot_of(&f, CL_HK_RESULT, l)) {
+            /* result[n, h] = z[n, h] @ W_O[h] (no b_O); attn_out = sum_h result + b_O */
+            for (int h = 0; h < H; h++)
+                cl_sgemm(0, 0, (int)N, (int)D, dh, z + (size_t)h * dh, (int)D, WO + (size_t)h * dh * D, (int)D, 0.0f,
+                         result + (size_t)h * D, (int)(H * D));
+            TRY(hook_rows(&f, CL_HK_RESULT, l, result, (size_t)H * D, err));
+            cl_fill_rows(attn_out, m->b_O + (size_t)l * D, N, D);
+            for (size_t r = 0; r < N; r++)
+                for (int h = 0; h < H; h++) cl_add(attn_out + r * D, result + (r * H + h) * D, D);
+        } else {
+            cl_fill_rows(attn_out, m->b_O + (size_t)l * D, N, D);
+            cl_sgemm(0, 0, (int)N, (int)D, (int)D, z, (int)D, WO, (int)D, 1.0f, attn_out, (int)D);
+        }
+        TRY(hook_rows(&f, CL_HK_ATTN_OUT, l, attn_out, D, err));
+        DONE_IF_FINISHED();
+        /* MLP: sequential reads resid_mid, parallel reads resid_pre */
+        if (!c->parallel) {
+            cl_add(resid, attn_out, N * D);
+            TRY(hook_rows(&f, CL_HK_RESID_MID, l, resid, D, err));
+        }
+        cl_layernorm(ln, scale, resid, m->ln2_w ? m->ln2_w + l * D : NULL, m->ln2_b ? m->ln2_b + l * D : NULL, N, D, c->eps);
+        TRY(hook_rows(&f, CL_HK_LN2_SCALE, l, scale, 1, err));
+        TRY(hook_rows(&f, CL_HK_LN2_NORMALIZED, l, ln, D, err));
+        DONE_IF_FINISHED();
+        cl_fill_rows(mlp, m->b_in + (size_t)l * M, N, M);
+        cl_sgemm(0, 0, (int)N, (int)M, (int)D, ln, (int)D, m->W_in + (size_t)l * D * M, (int)M, 1.0f, mlp, (int)M);
+        TRY(hook_rows(&f, CL_HK_MLP_PRE, l, mlp, M, err));
+        DONE_IF_FINISHED();
+        if (c->act == CL_ACT_GELU_NEW) cl_gelu_tanh(mlp, N * M);
+        else if (c->act == CL_ACT_GELU) cl_gelu_erf(mlp, N * M);
+        else cl_relu(mlp, N * M);
+        TRY(hook_rows(&f, CL_HK_MLP_POST, l, mlp, M, err));
+        DONE_IF_FINISHED();
+        cl_fill_rows(mlp_out, m->b_out + (size_t)l * D, N, D);
+        cl_sgemm(0, 0, (int)N, (int)D, (int)M, mlp, (int)M, m->W_out + (size_t)l * M * D, (int)D, 1.0f, mlp_out, (int)D);
+        TRY(hook_rows(&f, CL_HK_MLP_OUT, l, mlp_out, D, err));
+        if (c->parallel) cl_add(resid, attn_out, N * D);
+        cl_add(resid, mlp_out, N * D);
+        TRY(hook_rows(&f, CL_HK_RESID_POST, l, resid, D, err));
+    }
+    if (last_layer < L) goto done;
+    DONE_IF_FINISHED();
+    if (cl_cancel_check(&a->cancel)) { st = cl_fail(err, CL_ECANCELLED, "cancelled"); goto done; }
+    cl_layernorm(ln, scale, resid, m->lnf_w, m->lnf_b, N, D, c->eps);
+    TRY(hook_rows(&f, CL_HK_LNF_SCALE, -1, scale, 1, err));
+    TRY(hook_rows(&f, CL_HK_LNF_NORMALIZED, -1, ln, D, err));
+    if (a->logits) {
+        for (int b = 0; b < a->B; b++) {
+            float *out = a->logits + (size_t)b * a->T_pad * V;
+            cl_fill_rows(out, m->b_U, (size_t)a->lengths[b], V);
+            cl_sgemm(0, 1, a->lengths[b], (int)V, (int)D, ln + (size_t)start[b] * D, (int)D, m->W_U_T, (int)D, 1.0f, out, (int)V);
+            memset(out + (size_t)a->lengths[b] * V, 0, (size_t)(a->T_pad - a->lengths[b]) * V * sizeof(float));
+        }
+    }
+done:
+    free(start);
+    free(resid); free(ln); free(scale); free(qkv); free(z); free(attn_out); free(mlp); free(mlp_out);
+    free(result); free(scratch); free(f.tmp); free(f.attn_buf);
+    return st;
+}

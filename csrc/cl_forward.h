@@ -1,0 +1,49 @@
+/* cl_forward.h: the transformer forward pass with TransformerLens hook points: capture,
+ * replacement (activation patching), head ablation, setting features, and callbacks. */
+#ifndef CL_FORWARD_H
+#define CL_FORWARD_H
+
+#include "cl_hooks.h"
+
+/* What happens at one hook point, in this order: patch, ablate/set, callback, capture. */
+typedef struct {
+    float *capture;              /* (B, P, F) or attention (B, n_heads, P, T_pad); NULL: none */
+    const float *patch;          /* replacement: (B, T_pad, F) or attention (B, n_heads, T_pad, T_pad) */
+    int callback;                /* call cl_fwd_args.hook_fn here */
+    const uint8_t *ablate_heads; /* hook_z / hook_result / q,k,v: (n_heads) non-zero = replace that head */
+    const float *ablate_values;  /* (n_heads, per-head features) replacement values, NULL = zeros */
+    int n_set;                   /* set feature set_idx[i] to set_val[i] at every position */
+    const int32_t *set_idx;
+    const float *set_val;
+} cl_hook_slot;
+
+/* The activation handed to a callback. Per-token kinds: packed rows of the real tokens of
+ * every sequence back to back, `rows` x `features`, contiguous. Attention kinds:
+ * (B, n_heads, T_pad, T_pad). Callbacks may modify data in place. */
+typedef struct {
+    cl_hook_kind kind;
+    int layer;
+    float *data;
+    int attention;
+    size_t rows, features;
+} cl_hook_view;
+
+typedef cl_status (*cl_hook_fn)(void *ctx, const cl_hook_view *v, cl_error *err);
+
+typedef struct {
+    const int32_t *tokens;  /* (N) the real tokens of each sequence, back to back */
+    const int32_t *lengths; /* (B) */
+    int B, T_pad;           /* T_pad >= max(lengths): the pos axis of outputs */
+    int stop_at_layer;      /* run blocks [0, stop_at_layer); n_layers runs everything */
+    float *logits;          /* (B, T_pad, d_vocab) or NULL; padded rows are zero */
+    cl_hook_slot *slots;    /* (CL_HK_COUNT x (n_layers + 1)), see cl_hook_slot_index; or NULL */
+    const int32_t *pos;     /* (B, P): positions captured, or NULL for all T_pad */
+    int P;
+    cl_hook_fn hook_fn;
+    void *hook_ctx;
+    cl_cancel cancel;
+} cl_fwd_args;
+
+cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err);
+
+#endif

@@ -1,0 +1,185 @@
+/* cl_kernels.c: the forward pass's elementwise and attention kernels, written so GCC
+ * vectorises them without -ffast-math (inner loops are axpy-shaped, never reductions over
+ * floats in a changing order), and compiled for AVX2+FMA where the CPU has it (target_clones).
+ * Pure functions of their arguments: no allocation, no BLAS, no hooks, no globals. */
+#include "cl_kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CL_NO_CLONES)
+#define HOT __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define HOT
+#endif
+
+/* exp(x) in float, ~1 ulp: x = n ln2 + r, |r| <= ln2/2, Cephes polynomial for e^r, 2^n by
+ * building the exponent bits. Branch-free so loops over it vectorise. */
+static inline float fast_expf(float x) {
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.0f ? 88.0f : x; /* keeps 2^n finite */
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return y * s;
+}
+
+float cl_expf(float x) { return fast_expf(x); }
+
+HOT void cl_layernorm(float *out, float *scale, const float *inp, const float *w, const float *b, size_t N, size_t C,
+                      float eps) {
+#pragma omp parallel for schedule(static) if (N * C > 32768)
+    for (size_t r = 0; r < N; r++) {
+        const float *x = inp + r * C;
+        float *y = out + r * C;
+        double s = 0;
+        for (size_t c = 0; c < C; c++) s += x[c];
+        float mu = (float)(s / (double)C);
+        double v = 0;
+        for (size_t c = 0; c < C; c++) { double d = (double)x[c] - mu; v += d * d; }
+        float sc = sqrtf((float)(v / (double)C) + eps), inv = 1.0f / sc;
+        if (scale) scale[r] = sc;
+        if (w && b) for (size_t c = 0; c < C; c++) y[c] = (x[c] - mu) * inv * w[c] + b[c];
+        else for (size_t c = 0; c < C; c++) y[c] = (x[c] - mu) * inv;
+    }
+}
+
+HOT void cl_gelu_tanh(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        float th = 1.0f - 2.0f / (fast_expf(2.0f * u) + 1.0f); /* tanh(u) */
+        x[i] = 0.5f * v * (1.0f + th);
+    }
+}
+
+/* erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, float rounding level). */
+HOT void cl_gelu_erf(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float z = v * 0.70710678118654752f, az = fabsf(z);
+        float t = 1.0f / (1.0f + 0.3275911f * az);
+        float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+        float e = 1.0f - poly * fast_expf(-az * az);
+        e = z < 0 ? -e : e;
+        x[i] = 0.5f * v * (1.0f + e);
+    }
+}
+
+void cl_relu(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+void cl_fill_rows(float *out, const float *bias, size_t N, size_t C) {
+    for (size_t r = 0; r < N; r++) {
+        if (bias) memcpy(out + r * C, bias, C * sizeof(float));
+        else memset(out + r * C, 0, C * sizeof(float));
+    }
+}
+
+HOT void cl_add(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void cl_rotary(float *x, size_t stride, int n_rows, int n_heads, int d_head, int rotary_dim, const float *cos_tab,
+               const float *sin_tab) {
+    int half = rotary_dim / 2;
+    for (int r = 0; r < n_rows; r++) {
+        const float *c = cos_tab + (size_t)r * half, *s = sin_tab + (size_t)r * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)r * stride + (size_t)h * d_head;
+            for (int i = 0; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+}
+
+/* kT (d_head, T) <- k (T, d_head) at row stride `stride`: lets score rows be axpy loops. */
+static void transpose_k(float *kT, const float *k, size_t stride, int T, int d_head) {
+    for (int j = 0; j < T; j++)
+        for (int d = 0; d < d_head; d++) kT[(size_t)d * T + j] = k[(size_t)j * stride + d];
+}
+
+/* s[0..i] = scale * q_i . k_j for j <= i (the causal half only). */
+static inline void score_row(float *s, const float *qi, const float *kT, int T, int i, int d_head, float scale) {
+    for (int j = 0; j <= i; j++) s[j] = 0.0f;
+    for (int d = 0; d < d_head; d++) {
+        const float qd = qi[d] * scale, *kd = kT + (size_t)d * T;
+        for (int j = 0; j <= i; j++) s[j] += qd * kd[j];
+    }
+}
+
+/* softmax of s[0..i] in place; returns nothing, entries beyond i untouched */
+static inline void softmax_row(float *s, int n) {
+    float mx = s[0];
+    for (int j = 1; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) { s[j] = fast_expf(s[j] - mx); }
+    for (int j = 0; j < n; j++) sum += s[j];
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) s[j] *= inv;
+}
+
+/* z_i = sum_j p_j v_j */
+static inline void pv_row(float *zi, const float *p, int n, const float *v, size_t stride, int d_head) {
+    for (int d = 0; d < d_head; d++) zi[d] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        const float pj = p[j], *vj = v + (size_t)j * stride;
+        for (int d = 0; d < d_head; d++) zi[d] += pj * vj[d];
+    }
+}
+
+HOT void cl_attention_head(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
+                           int T, int d_head, float scale, float *scratch) {
+    float *kT = scratch, *s = scratch + (size_t)T * d_head;
+    transpose_k(kT, k, stride, T, d_head);
+    for (int i = 0; i < T; i++) {
+        score_row(s, q + (size_t)i * stride, kT, T, i, d_head, scale);
+        softmax_row(s, i + 1);
+        pv_row(z + (size_t)i * zstride, s, i + 1, v, stride, d_head);
+    }
+}
+
+HOT void cl_attention_scores(float *S, size_t ldS, const float *q, const float *k, size_t stride, int T, int T_pad,
+                             int d_head, float scale, float *scratch) {
+    float *kT = scratch;
+    transpose_k(kT, k, stride, T, d_head);
+    for (int i = 0; i < T_pad; i++) {
+        float *s = S + (size_t)i * ldS;
+        int n = 0;
+        if (i < T) { score_row(s, q + (size_t)i * stride, kT, T, i, d_head, scale); n = i + 1; }
+        for (int j = n; j < T_pad; j++) s[j] = -INFINITY;
+    }
+}
+
+HOT void cl_attention_softmax(float *P, size_t ldS, int T, int T_pad) {
+    for (int i = 0; i < T_pad; i++) {
+        float *s = P + (size_t)i * ldS;
+        int n = 0;
+        if (i < T) { softmax_row(s, i + 1); n = i + 1; }
+        for (int j = n; j < T_pad; j++) s[j] = 0.0f;
+    }
+}
+
+HOT void cl_attention_pv(float *z, size_t zstride, const float *P, size_t ldS, const float *v, size_t stride, int T,
+                         int d_head) {
+    for (int i = 0; i < T; i++) pv_row(z + (size_t)i * zstride, P + (size_t)i * ldS, i + 1, v, stride, d_head);
+}

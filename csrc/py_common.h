@@ -1,0 +1,36 @@
+/* py_common.h: what the py_*.c binding files share. Only binding files include Python.h.
+ * Each binding file exposes one clpy_<name>_register(PyObject *module) called from
+ * py_module.c; py_convert.c maps cl_error to a Python exception and supplies the cancel
+ * callback that lets Ctrl-C stop long C work. */
+#ifndef CL_PY_COMMON_H
+#define CL_PY_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifndef CLPY_IMPORT_ARRAY
+#define NO_IMPORT_ARRAY
+#endif
+#define PY_ARRAY_UNIQUE_SYMBOL ctxlookup_ARRAY_API
+#include <numpy/arrayobject.h>
+
+#include "cl_common.h"
+
+/* ctxlookup._core.FormatError (a ValueError): a malformed file. */
+extern PyObject *clpy_FormatError;
+
+/* Set the Python exception for a failed C call and return NULL. CL_ECALLBACK and
+ * CL_ECANCELLED keep the exception already set (the hook's, or KeyboardInterrupt). */
+PyObject *clpy_raise(const cl_error *err);
+
+/* Cancel callback for GIL-released work: re-takes the GIL and runs PyErr_CheckSignals.
+ * Must be called only from the thread that released the GIL. */
+int clpy_cancel_fn(void *ctx);
+
+/* Path argument: str or os.PathLike -> new bytes object (caller DECREFs). */
+int clpy_path_converter(PyObject *obj, void *out);
+
+int clpy_model_register(PyObject *m);
+int clpy_tokenizer_register(PyObject *m);
+
+#endif
