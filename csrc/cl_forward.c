@@ -281,16 +281,22 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
         TRY(hook_rows(&f, CL_HK_Z, l, z, D, err));
         DONE_IF_FINISHED();
         const float *WO = m->W_O + (size_t)l * D * D;
-        if (slot_of(&f, CL_HK_RESULT, l)) {
-            /* result[n, h] = z[n, h] @ W_O[h] (no b_O); attn_out = sum_h result + b_O */
+        const cl_hook_slot *rs = slot_of(&f, CL_HK_RESULT, l);
+        if (rs) {
+            /* result[n, h] = z[n, h] @ W_O[h] (no b_O) */
             for (int h = 0; h < H; h++)
                 cl_sgemm(0, 0, (int)N, (int)D, dh, z + (size_t)h * dh, (int)D, WO + (size_t)h * dh * D, (int)D, 0.0f,
                          result + (size_t)h * D, (int)(H * D));
-            TRY(hook_rows(&f, CL_HK_RESULT, l, result, (size_t)H * D, err));
+        }
+        int result_modified = rs && (rs->patch || rs->callback || rs->ablate_heads || rs->n_set);
+        if (rs) TRY(hook_rows(&f, CL_HK_RESULT, l, result, (size_t)H * D, err));
+        if (result_modified) {
+            /* attn_out = sum_h result + b_O, so edits of hook_result reach the residual stream */
             cl_fill_rows(attn_out, m->b_O + (size_t)l * D, N, D);
             for (size_t r = 0; r < N; r++)
                 for (int h = 0; h < H; h++) cl_add(attn_out + r * D, result + (r * H + h) * D, D);
         } else {
+            /* capturing hook_result is observational: attn_out is the same GEMM as without it */
             cl_fill_rows(attn_out, m->b_O + (size_t)l * D, N, D);
             cl_sgemm(0, 0, (int)N, (int)D, (int)D, z, (int)D, WO, (int)D, 1.0f, attn_out, (int)D);
         }

@@ -266,7 +266,8 @@ cl_status cl_model_load(const char *dir, const cl_load_opts *opts, cl_model **ou
     /* Which large tensors can stay in the mapping? */
     const cl_st_tensor *tE = cl_st_find(m->st, neox ? (l.prefix[0] ? "gpt_neox.embed_in.weight" : "embed_in.weight")
                                                     : (l.prefix[0] ? "transformer.wte.weight" : "wte.weight"));
-    const char *unembed_name = neox ? "embed_out.weight" : "lm_head.weight";
+    /* NeoX checkpoints name the unembedding embed_out; transformers 5 calls it lm_head in memory */
+    const char *unembed_name = neox && cl_st_find(m->st, "embed_out.weight") ? "embed_out.weight" : "lm_head.weight";
     const cl_st_tensor *tU = c->tied ? tE : cl_st_find(m->st, unembed_name);
     const cl_st_tensor *tP = neox ? NULL : cl_st_find(m->st, l.prefix[0] ? "transformer.wpe.weight" : "wpe.weight");
     int E_in_place = tE && usable_in_place(tE) && !m->opts.center_writing_weights;

@@ -1,0 +1,113 @@
+"""Shared fixtures: small random checkpoints written by Hugging Face transformers.
+
+Every checkpoint is a real ``save_pretrained`` folder, with all parameters (LayerNorms included)
+drawn at a scale that makes attention patterns and activations far from uniform, so parity
+tests can fail. Tolerance for float32 parity with transformers is stated once: ATOL.
+"""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+ATOL = 1e-4  # max |ctxlookup - oracle| for float32 activations, logits and patterns
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GPT2_CONFIGS = {
+    # name: kwargs for GPT2Config
+    "gpt2-tied-gelu_new": dict(n_embd=48, n_layer=3, n_head=4, n_positions=64, vocab_size=97),
+    "gpt2-untied-relu-3heads": dict(n_embd=36, n_layer=2, n_head=3, n_positions=40, vocab_size=101, n_inner=50,
+                                    activation_function="relu", tie_word_embeddings=False),
+    "gpt2-gelu-layerscale": dict(n_embd=48, n_layer=2, n_head=6, n_positions=64, vocab_size=89,
+                                 activation_function="gelu", scale_attn_by_inverse_layer_idx=True),
+}
+NEOX_CONFIGS = {
+    "neox-parallel-rot0.25": dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, intermediate_size=128,
+                                  vocab_size=112, max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True),
+    "neox-sequential-rot1.0-5heads": dict(hidden_size=80, num_attention_heads=5, num_hidden_layers=2,
+                                          intermediate_size=96, vocab_size=97, max_position_embeddings=48,
+                                          rotary_pct=1.0, rotary_emb_base=500, use_parallel_residual=False),
+    "neox-parallel-tied-gelu_new": dict(hidden_size=64, num_attention_heads=2, num_hidden_layers=2,
+                                        intermediate_size=256, vocab_size=128, max_position_embeddings=64,
+                                        rotary_pct=0.5, tie_word_embeddings=True, hidden_act="gelu_new"),
+}
+ALL_CONFIGS = list(GPT2_CONFIGS) + list(NEOX_CONFIGS)
+
+
+def randomize(model, seed=0, std=0.15):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "ln" in n or "norm" in n:
+                p.copy_((1.0 if n.endswith("weight") else 0.0) + 0.1 * noise)
+            else:
+                p.copy_(std * noise)
+    model.eval()
+    return model
+
+
+def build_hf(name, seed=0):
+    import transformers
+
+    if name in GPT2_CONFIGS:
+        cfg = transformers.GPT2Config(**GPT2_CONFIGS[name], bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.GPTNeoXConfig(**NEOX_CONFIGS[name], bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+        model = transformers.GPTNeoXForCausalLM(cfg)
+    randomize(model, seed)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(name, dtype="float32", shard=None) -> (folder, hf model in float32 with the same weights)."""
+    cache = {}
+
+    def make(name, dtype="float32", shard=None):
+        key = (name, dtype, shard)
+        if key not in cache:
+            import torch
+
+            model = build_hf(name)
+            folder = tmp_path_factory.mktemp(f"{name}-{dtype}-{shard or 'single'}")
+            if dtype != "float32":
+                model = model.to(getattr(torch, dtype))
+            kw = {"max_shard_size": shard} if shard else {}
+            model.save_pretrained(folder, **kw)
+            if dtype != "float32":
+                # the oracle sees exactly the stored (rounded) weights; a fresh float32 model keeps
+                # its non-persistent buffers (NeoX's rotary inv_freq) unrounded
+                rounded = {k: v.float() for k, v in model.state_dict().items()}
+                model = build_hf(name)
+                model.load_state_dict(rounded)
+            model = model.eval()
+            cache[key] = (str(folder), model)
+        return cache[key]
+
+    return make
+
+
+def padded_batch(vocab, lengths, seed=0):
+    rng = np.random.RandomState(seed)
+    T = max(lengths)
+    toks = rng.randint(0, vocab, size=(len(lengths), T)).astype(np.int64)
+    mask = (np.arange(T)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    return toks, np.array(lengths), mask
+
+
+def max_err_rows(a, b, lengths, axis_pos=1):
+    """max |a - b| over real positions only."""
+    errs = []
+    for i, n in enumerate(lengths):
+        sl = [i] + [slice(None)] * (a.ndim - 1)
+        sl[axis_pos] = slice(0, n)
+        errs.append(np.abs(np.asarray(a)[tuple(sl)] - np.asarray(b)[tuple(sl)]).max())
+    return float(max(errs))
