@@ -41,7 +41,7 @@ test-c: sysdeps $(C_TESTS)
 # C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate, slower check)
 sanitize: sysdeps
 	rm -rf tests/c/bin
-	$(MAKE) test-c EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" EXTRA_LDFLAGS="-fsanitize=address,undefined"
+	$(MAKE) test-c EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" EXTRA_LDFLAGS="-fsanitize=address,undefined"
 	rm -rf tests/c/bin
 
 demo: deps build

@@ -250,7 +250,7 @@ static cl_status open_index(cl_st_set *s, const char *dir, const char *index_pat
         if (st) goto done;
     }
     /* every mapped name must be in the shard the index names */
-    qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, cmp_name);
+    if (s->n_tensors > 1) qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, cmp_name);
     for (const cJSON *e = wm->child; e; e = e->next) {
         const cl_st_tensor *t = cl_st_find(s, e->string);
         if (!t || strcmp(strrchr(s->shards[t->file].path, '/') + 1, e->valuestring) != 0) {
@@ -296,7 +296,7 @@ cl_status cl_st_open(const char *path, cl_st_set **out, cl_error *err) {
         st = add_shard(s, path, &cap_t, err);
     }
     if (st) goto done;
-    qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, cmp_name);
+    if (s->n_tensors > 1) qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, cmp_name);
     for (int i = 1; i < s->n_tensors; i++)
         if (strcmp(s->tensors[i].name, s->tensors[i - 1].name) == 0) {
             st = cl_fail(err, CL_EFORMAT, "tensor '%s' appears in both %s and %s", s->tensors[i].name,
