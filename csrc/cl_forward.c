@@ -106,6 +106,21 @@ static cl_status hook_attention(fwd *f, cl_hook_kind kind, int layer, cl_error *
     return CL_OK;
 }
 
+/* Causal attention for one long sequence and head with BLAS: query rows in blocks of QB;
+ * each block's scores need keys 0..end of the block only, so the masked half is never
+ * computed except inside the diagonal block. S: at least QB * T floats. */
+enum { QB = 128 };
+static void attention_head_blas(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
+                                int T, int d_head, float scale, float *S) {
+    for (int i0 = 0; i0 < T; i0 += QB) {
+        int rows = T - i0 < QB ? T - i0 : QB, end = i0 + rows;
+        cl_sgemm(0, 1, rows, end, d_head, q + (size_t)i0 * stride, (int)stride, k, (int)stride, 0.0f, S, end);
+        for (size_t i = 0; i < (size_t)rows * end; i++) S[i] *= scale;
+        cl_softmax_causal(S, end, rows, i0, end);
+        cl_sgemm(0, 0, rows, d_head, end, S, end, v, (int)stride, 0.0f, z + (size_t)i0 * zstride, (int)zstride);
+    }
+}
+
 #define TRY(x) do { st = (x); if (st) goto done; } while (0)
 #define DONE_IF_FINISHED() do { if (f.remaining == 0 && !a->logits && !want_final) goto done; } while (0)
 
@@ -198,7 +213,9 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     attn_out = malloc(N * D * sizeof(float));
     mlp = malloc(N * M * sizeof(float));
     mlp_out = malloc(N * D * sizeof(float));
-    f.tmp = malloc(N * (wide > (size_t)H * D ? wide : (size_t)H * D) * sizeof(float));
+    size_t tmp_n = N * (wide > (size_t)H * D ? wide : (size_t)H * D);
+    if ((size_t)QB * maxT > tmp_n) tmp_n = (size_t)QB * maxT;
+    f.tmp = malloc(tmp_n * sizeof(float));
     scratch = malloc((size_t)nthreads * scratch_per * sizeof(float));
     if (want_result) result = malloc(N * (size_t)H * D * sizeof(float));
     if (want_attn_buf) f.attn_buf = malloc((size_t)a->B * H * a->T_pad * a->T_pad * sizeof(float));
@@ -269,7 +286,22 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
                 cl_attention_pv(z + (size_t)start[b] * D + (size_t)h * dh, D, f.attn_buf + ((size_t)b * H + h) * T * T, T, v, 3 * D,
                                 a->lengths[b], dh);
             }
+        } else if (maxT >= 2 * QB) {
+            /* long sequences: (b, h) in turn, each a few multithreaded GEMMs */
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                if (a->lengths[b] < 2 * QB) {
+                    const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
+                    cl_attention_head(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D,
+                                      a->lengths[b], dh, sc, scratch);
+                    continue;
+                }
+                const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
+                attention_head_blas(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D, a->lengths[b],
+                                    dh, sc, f.tmp);
+            }
         } else {
+            /* short sequences: many small (b, h) tasks across threads */
 #pragma omp parallel for schedule(dynamic, 1)
             for (int task = 0; task < tasks; task++) {
                 int b = task / H, h = task % H;
@@ -334,10 +366,19 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     TRY(hook_rows(&f, CL_HK_LNF_SCALE, -1, scale, 1, err));
     TRY(hook_rows(&f, CL_HK_LNF_NORMALIZED, -1, ln, D, err));
     if (a->logits) {
+        /* logits = ln_final @ W_U + b_U, in chunks of rows: the (rows, d_vocab) output block
+         * stays in cache for the bias add, and beta = 0 never reads the output back */
+        int has_bias = 0;
+        for (size_t t = 0; t < V && !has_bias; t++) has_bias = m->b_U[t] != 0.0f;
         for (int b = 0; b < a->B; b++) {
             float *out = a->logits + (size_t)b * a->T_pad * V;
-            cl_fill_rows(out, m->b_U, (size_t)a->lengths[b], V);
-            cl_sgemm(0, 1, a->lengths[b], (int)V, (int)D, ln + (size_t)start[b] * D, (int)D, m->W_U_T, (int)D, 1.0f, out, (int)V);
+            for (int r0 = 0; r0 < a->lengths[b]; r0 += QB) {
+                int rows = a->lengths[b] - r0 < QB ? a->lengths[b] - r0 : QB;
+                float *o = out + (size_t)r0 * V;
+                cl_sgemm(0, 1, rows, (int)V, (int)D, ln + ((size_t)start[b] + r0) * D, (int)D, m->W_U_T, (int)D, 0.0f, o, (int)V);
+                if (has_bias)
+                    for (int r = 0; r < rows; r++) cl_add(o + (size_t)r * V, m->b_U, V);
+            }
             memset(out + (size_t)a->lengths[b] * V, 0, (size_t)(a->T_pad - a->lengths[b]) * V * sizeof(float));
         }
     }

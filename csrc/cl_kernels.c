@@ -147,6 +147,15 @@ static inline void pv_row(float *zi, const float *p, int n, const float *v, size
     }
 }
 
+HOT void cl_softmax_causal(float *S, size_t ldS, int n_rows, int first_row, int ncols) {
+    for (int r = 0; r < n_rows; r++) {
+        float *s = S + (size_t)r * ldS;
+        int n = first_row + r + 1;
+        softmax_row(s, n);
+        for (int j = n; j < ncols; j++) s[j] = 0.0f;
+    }
+}
+
 HOT void cl_attention_head(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
                            int T, int d_head, float scale, float *scratch) {
     float *kT = scratch, *s = scratch + (size_t)T * d_head;

@@ -5,6 +5,9 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <stdlib.h>
+
+#include "cl_blas.h"
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
@@ -22,7 +25,39 @@ static PyObject *get_num_threads(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(omp_get_max_threads());
 }
 
+static PyObject *blas_stats(PyObject *self, PyObject *args) {
+    int enable = -1;
+    if (!PyArg_ParseTuple(args, "|i", &enable)) return NULL;
+    cl_blas_stats s = cl_blas_stats_take();
+    if (enable >= 0) cl_blas_stats_enable(enable);
+    return Py_BuildValue("{s:l,s:d,s:d}", "calls", s.calls, "seconds", s.seconds, "flops", s.flops);
+}
+
+/* Plain sgemm at a given shape, for the benchmark's machine limit: seconds per call. */
+static PyObject *sgemm_bench(PyObject *self, PyObject *args) {
+    int M, N, K, transB = 0, reps = 3;
+    if (!PyArg_ParseTuple(args, "iii|ii", &M, &N, &K, &transB, &reps)) return NULL;
+    if (M < 1 || N < 1 || K < 1 || reps < 1) { PyErr_SetString(PyExc_ValueError, "sizes must be positive"); return NULL; }
+    float *A = calloc((size_t)M * K, 4), *B = calloc((size_t)K * N, 4), *C = calloc((size_t)M * N, 4);
+    if (!A || !B || !C) { free(A); free(B); free(C); return PyErr_NoMemory(); }
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)K * N; i++) B[i] = (float)(i % 5) * 0.1f;
+    cl_blas_stats_take();
+    Py_BEGIN_ALLOW_THREADS
+    cl_blas_stats_enable(1);
+    cl_sgemm(0, transB, M, N, K, A, K, B, transB ? K : N, 0.0f, C, N); /* warm-up */
+    cl_blas_stats_take();
+    for (int r = 0; r < reps; r++) cl_sgemm(0, transB, M, N, K, A, K, B, transB ? K : N, 0.0f, C, N);
+    cl_blas_stats_enable(0);
+    Py_END_ALLOW_THREADS
+    cl_blas_stats s = cl_blas_stats_take();
+    free(A); free(B); free(C);
+    return PyFloat_FromDouble(s.seconds / reps);
+}
+
 static PyMethodDef methods[] = {
+    {"_blas_stats", blas_stats, METH_VARARGS, "_blas_stats(enable=-1) -> dict: GEMM accounting since the last call"},
+    {"_sgemm_bench", sgemm_bench, METH_VARARGS, "_sgemm_bench(M, N, K, transB=0, reps=3) -> seconds per plain sgemm"},
     {"set_num_threads", set_num_threads, METH_O,
      "set_num_threads(n): threads for OpenBLAS GEMMs and the core's own parallel loops."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "get_num_threads() -> int"},

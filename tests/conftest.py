@@ -20,6 +20,7 @@ GPT2_CONFIGS = {
     "gpt2-tied-gelu_new": dict(n_embd=48, n_layer=3, n_head=4, n_positions=64, vocab_size=97),
     "gpt2-untied-relu-3heads": dict(n_embd=36, n_layer=2, n_head=3, n_positions=40, vocab_size=101, n_inner=50,
                                     activation_function="relu", tie_word_embeddings=False),
+    "gpt2-long-context": dict(n_embd=32, n_layer=2, n_head=2, n_positions=700, vocab_size=61),
     "gpt2-gelu-layerscale": dict(n_embd=48, n_layer=2, n_head=6, n_positions=64, vocab_size=89,
                                  activation_function="gelu", scale_attn_by_inverse_layer_idx=True),
 }
@@ -33,7 +34,10 @@ NEOX_CONFIGS = {
                                         intermediate_size=256, vocab_size=128, max_position_embeddings=64,
                                         rotary_pct=0.5, tie_word_embeddings=True, hidden_act="gelu_new"),
 }
-ALL_CONFIGS = list(GPT2_CONFIGS) + list(NEOX_CONFIGS)
+NEOX_CONFIGS["neox-long-context"] = dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=64,
+                                         vocab_size=61, max_position_embeddings=700, rotary_pct=0.5)
+LONG_CONFIGS = ["gpt2-long-context", "neox-long-context"]
+ALL_CONFIGS = [n for n in list(GPT2_CONFIGS) + list(NEOX_CONFIGS) if n not in LONG_CONFIGS]
 
 
 def randomize(model, seed=0, std=0.15):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ctxlookup
-from conftest import ALL_CONFIGS, ATOL, GPT2_CONFIGS, NEOX_CONFIGS, max_err_rows, padded_batch
+from conftest import ALL_CONFIGS, ATOL, LONG_CONFIGS, GPT2_CONFIGS, NEOX_CONFIGS, max_err_rows, padded_batch
 
 LENGTHS = [17, 9, 1, 12]
 
@@ -41,6 +41,19 @@ def test_logits_hidden_states_attentions(checkpoint, name):
     pat = cache["blocks.0.attn.hook_pattern"]
     assert np.all(np.triu(pat[0, :, :, :], k=1) == 0)
     np.testing.assert_allclose(pat[0].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", LONG_CONFIGS)
+def test_long_sequences_blocked_attention(checkpoint, name):
+    """Sequences of 256+ tokens take the BLAS-blocked attention path (query blocks of 128)."""
+    folder, hf = checkpoint(name)
+    model = ctxlookup.Model.load(folder)
+    toks, lens, mask = padded_batch(model.cfg.d_vocab, [700, 300, 257, 40], seed=13)
+    want = hf_run(hf, toks, mask).logits.numpy()
+    assert max_err_rows(model(toks, lengths=lens), want, lens) < ATOL
+    # the materialised path (pattern hooked) agrees with the blocked path
+    logits, cache = model.run_with_cache(toks, lengths=lens, names_filter="blocks.1.attn.hook_pattern")
+    assert max_err_rows(logits, want, lens) < ATOL
 
 
 @pytest.mark.parametrize("name,dtype", [("gpt2-tied-gelu_new", "float16"), ("neox-parallel-rot0.25", "bfloat16"),

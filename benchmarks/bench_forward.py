@@ -1,0 +1,164 @@
+"""Forward-pass benchmark: ctxlookup vs transformers vs TransformerLens, in one process.
+
+Identical random weights of GPT-2-small shape (12 layers, d_model 768, 12 heads, vocab 50257),
+2 threads everywhere, batch 8 x 128 and 1 x 1024 tokens; with logits only, and with every
+``attn.hook_result`` and ``mlp.hook_post`` captured. Prints tokens/s and ratios, the GEMM share
+of ctxlookup's time against plain OpenBLAS sgemm at the same shapes, the machine's limit
+(plain-sgemm GFLOP/s divided by the model's FLOPs per token), and the resident memory that
+loading a checkpoint adds, against the weights' bytes.
+
+    python benchmarks/bench_forward.py [--threads 2] [--reps 3] [--quick]
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def best_of(fn, reps):
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+QB = 128  # csrc/cl_forward.c: query block of the BLAS attention path and row chunk of the unembedding
+
+
+def gemm_shapes(cfg, B, T):
+    """The GEMMs ctxlookup issues for a (B, T) batch: per layer, and once (unembedding)."""
+    N = B * T
+    D, M, V, H, dh = cfg["d_model"], cfg["d_mlp"], cfg["d_vocab"], cfg["n_heads"], cfg["d_head"]
+    per_layer = [(N, 3 * D, D, 0), (N, D, D, 0), (N, M, D, 0), (N, D, M, 0)]
+    if T >= 2 * QB:  # blocked attention: scores (rows, end, d_head) and pattern @ v (rows, d_head, end)
+        for i0 in range(0, T, QB):
+            rows, end = min(QB, T - i0), min(T, i0 + QB)
+            per_layer += [(rows, end, dh, 1), (rows, dh, end, 0)] * (B * H)
+    unembed = [(min(QB, T - r0), V, D, 1) for r0 in range(0, T, QB)] * B
+    return per_layer, unembed
+
+
+def model_flops_per_token(cfg, T):
+    D, M, V, L = cfg["d_model"], cfg["d_mlp"], cfg["d_vocab"], cfg["n_layers"]
+    dense = 2 * L * (3 * D * D + D * D + 2 * D * M) + 2 * D * V
+    attn = 2 * L * 2 * D * (T + 1) / 2  # causal half: q.k and p.v over (T+1)/2 keys on average
+    return dense + attn
+
+
+def load_rss_child(folder):
+    """Run in a fresh interpreter: RSS added by Model.load, in bytes."""
+    code = (
+        "import resource, ctxlookup, json, sys\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key + ':'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "def rss():\n"
+        "    return status('VmRSS')\n"
+        "base = rss()\n"
+        "m = ctxlookup.Model.load(sys.argv[1])\n"
+        "peak = status('VmHWM')  # per address space: not inherited across fork+exec, unlike ru_maxrss\n"
+        "print(json.dumps({'base': base, 'after': rss(), 'peak': peak}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="fewer layers, for a smoke run")
+    args = ap.parse_args()
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+    import transformers
+
+    import ctxlookup
+    from ctxlookup import _core
+
+    torch.set_num_threads(args.threads)
+    ctxlookup.set_num_threads(args.threads)
+    n_layer = 2 if args.quick else 12
+    hf_cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    tmp = tempfile.mkdtemp(prefix="bench-forward-")
+    hf.save_pretrained(tmp)
+    weight_bytes = sum(p.numel() * 4 for p in hf.parameters())
+
+    rss = load_rss_child(tmp)
+    model = ctxlookup.Model.load(tmp)
+    cfg = model.cfg.to_dict()
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(tmp, hf_model=transformers.GPT2LMHeadModel.from_pretrained(tmp).eval())
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    bridge.set_use_attn_result(True)
+    hooked = lambda n: n.endswith("attn.hook_result") or n.endswith("mlp.hook_post")
+
+    rows = []
+    for B, T in [(8, 128), (1, 1024)]:
+        toks = np.random.default_rng(0).integers(0, 50257, size=(B, T))
+        tt = torch.tensor(toks)
+        res = {}
+        with torch.no_grad():
+            res["transformers logits"] = best_of(lambda: hf(tt), args.reps)
+            res["TransformerLens hooks"] = best_of(lambda: bridge.run_with_cache(tt, names_filter=hooked), args.reps)
+        res["ctxlookup logits"] = best_of(lambda: model(toks), args.reps)
+        res["ctxlookup hooks"] = best_of(lambda: model.run_with_cache(toks, names_filter=hooked), args.reps)
+
+        # GEMM share: time inside cl_sgemm during one forward vs plain sgemm at the same shapes
+        _core._blas_stats(1)
+        t0 = time.perf_counter()
+        model(toks)
+        total = time.perf_counter() - t0
+        inside = _core._blas_stats(0)
+        per_layer, unembed = gemm_shapes(cfg, B, T)
+        bench = {}
+        for s in set(per_layer) | set(unembed):
+            bench[s] = _core._sgemm_bench(*s, 3)
+        plain = n_layer * sum(bench[s] for s in per_layer) + sum(bench[s] for s in unembed)
+        gflops_plain = inside["flops"] / plain / 1e9
+        limit_tok_s = gflops_plain * 1e9 / model_flops_per_token(cfg, T)
+        ntok = B * T
+        rows.append(dict(
+            shape=f"{B}x{T}", tokens=ntok,
+            **{f"{k} tok/s": ntok / v for k, v in res.items()},
+            ratio_vs_transformers=res["transformers logits"] / res["ctxlookup logits"],
+            ratio_hooks_vs_transformerlens=res["TransformerLens hooks"] / res["ctxlookup hooks"],
+            gemm_share_of_time=inside["seconds"] / total,
+            gemm_efficiency_vs_plain_sgemm=plain / inside["seconds"],
+            plain_sgemm_gflops=gflops_plain,
+            machine_limit_tok_s=limit_tok_s,
+            fraction_of_limit=(ntok / res["ctxlookup logits"]) / limit_tok_s,
+        ))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, threads={args.threads}, "
+          f"numpy {np.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model: GPT-2-small shape, {n_layer} layers, weights {weight_bytes / 2**20:.0f} MiB")
+    for r in rows:
+        print(f"\n== batch {r['shape']}")
+        for k, v in r.items():
+            if k != "shape":
+                print(f"  {k:34s} {v:12.3f}" if isinstance(v, float) else f"  {k:34s} {v}")
+    added = rss["peak"] - rss["base"]
+    print(f"\nload: peak RSS added {added / 2**20:.0f} MiB = {added / weight_bytes:.2f}x the weights' bytes "
+          f"(after load {(rss['after'] - rss['base']) / 2**20:.0f} MiB)")
+    print(json.dumps({"rows": rows, "load_peak_ratio": added / weight_bytes}))
+
+
+if __name__ == "__main__":
+    main()
