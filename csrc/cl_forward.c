@@ -27,7 +27,7 @@ typedef struct {
 static cl_hook_slot *slot_of(const fwd *f, cl_hook_kind k, int layer) {
     if (!f->a->slots) return NULL;
     cl_hook_slot *s = &f->a->slots[cl_hook_slot_index(&f->m->cfg, k, layer)];
-    return (s->capture || s->patch || s->callback || s->ablate_heads || s->n_set) ? s : NULL;
+    return (s->capture || s->patch || s->callback || s->ablate_heads || s->n_set || s->observe) ? s : NULL;
 }
 
 /* Run a per-token hook point on a packed view data (N rows, F features, row stride `stride`). */
@@ -68,6 +68,10 @@ static cl_status hook_rows(fwd *f, cl_hook_kind kind, int layer, float *data, si
         if (stride != F)
             for (size_t r = 0; r < N; r++) memcpy(data + r * stride, buf + r * F, F * sizeof(float));
     }
+    if (s->observe) {
+        cl_status st = s->observe(s->observe_ctx, layer, data, stride, N, f->start, a->lengths, a->B, err);
+        if (st) return st;
+    }
     if (s->capture) {
         int P = a->pos ? a->P : a->T_pad;
         for (int b = 0; b < a->B; b++)
@@ -88,6 +92,7 @@ static cl_status hook_attention(fwd *f, cl_hook_kind kind, int layer, cl_error *
     f->remaining--;
     const cl_fwd_args *a = f->a;
     const size_t H = f->m->cfg.n_heads, T = a->T_pad, total = (size_t)a->B * H * T * T;
+    if (s->observe) return cl_fail(err, CL_EINVAL, "observers are for per-token hooks, not attention patterns");
     if (s->patch) memcpy(f->attn_buf, s->patch, total * sizeof(float));
     if (s->callback) {
         cl_hook_view v = {kind, layer, f->attn_buf, 1, 0, H};
@@ -370,7 +375,19 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
          * stays in cache for the bias add, and beta = 0 never reads the output back */
         int has_bias = 0;
         for (size_t t = 0; t < V && !has_bias; t++) has_bias = m->b_U[t] != 0.0f;
-        for (int b = 0; b < a->B; b++) {
+        if (a->logits_last) {
+            /* gather each sequence's last row, then one GEMM (B, d_model) x (d_model, d_vocab) */
+            for (int b = 0; b < a->B; b++)
+                memcpy(mlp_out + (size_t)b * D, ln + ((size_t)start[b] + a->lengths[b] - 1) * D, D * sizeof(float));
+            for (int r0 = 0; r0 < a->B; r0 += QB) {
+                int rows = a->B - r0 < QB ? a->B - r0 : QB;
+                float *o = a->logits + (size_t)r0 * V;
+                cl_sgemm(0, 1, rows, (int)V, (int)D, mlp_out + (size_t)r0 * D, (int)D, m->W_U_T, (int)D, 0.0f, o, (int)V);
+                if (has_bias)
+                    for (int r = 0; r < rows; r++) cl_add(o + (size_t)r * V, m->b_U, V);
+            }
+        }
+        for (int b = 0; b < a->B && !a->logits_last; b++) {
             float *out = a->logits + (size_t)b * a->T_pad * V;
             for (int r0 = 0; r0 < a->lengths[b]; r0 += QB) {
                 int rows = a->lengths[b] - r0 < QB ? a->lengths[b] - r0 : QB;

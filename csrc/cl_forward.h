@@ -5,8 +5,15 @@
 
 #include "cl_hooks.h"
 
-/* What happens at one hook point, in this order: patch, ablate/set, callback, capture. */
+/* A C observer reads a per-token activation without copying it: packed rows (N, features) at
+ * row stride `stride`; sequence b occupies rows start[b] .. start[b] + lengths[b] - 1. */
+typedef cl_status (*cl_observe_fn)(void *ctx, int layer, const float *data, size_t stride, size_t N, const int32_t *start,
+                                   const int32_t *lengths, int B, cl_error *err);
+
+/* What happens at one hook point, in this order: patch, ablate/set, callback, observe, capture. */
 typedef struct {
+    cl_observe_fn observe;       /* per-token kinds only */
+    void *observe_ctx;
     float *capture;              /* (B, P, F) or attention (B, n_heads, P, T_pad); NULL: none */
     const float *patch;          /* replacement: (B, T_pad, F) or attention (B, n_heads, T_pad, T_pad) */
     int callback;                /* call cl_fwd_args.hook_fn here */
@@ -35,7 +42,8 @@ typedef struct {
     const int32_t *lengths; /* (B) */
     int B, T_pad;           /* T_pad >= max(lengths): the pos axis of outputs */
     int stop_at_layer;      /* run blocks [0, stop_at_layer); n_layers runs everything */
-    float *logits;          /* (B, T_pad, d_vocab) or NULL; padded rows are zero */
+    float *logits;          /* (B, T_pad, d_vocab), or (B, d_vocab) with logits_last; or NULL. Padded rows are zero */
+    int logits_last;        /* only each sequence's last position */
     cl_hook_slot *slots;    /* (CL_HK_COUNT x (n_layers + 1)), see cl_hook_slot_index; or NULL */
     const int32_t *pos;     /* (B, P): positions captured, or NULL for all T_pad */
     int P;

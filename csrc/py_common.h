@@ -31,6 +31,10 @@ int clpy_cancel_fn(void *ctx);
 int clpy_path_converter(PyObject *obj, void *out);
 
 int clpy_model_register(PyObject *m);
+int clpy_analysis_register(PyObject *m);
+
+/* The cl_model of a ctxlookup._core.Model (borrowed), or NULL with TypeError set. */
+const void *clpy_model_ptr(PyObject *obj);
 int clpy_tokenizer_register(PyObject *m);
 
 #endif

@@ -247,10 +247,11 @@ static int check_shape(PyArrayObject *a, int nd, const npy_intp *dims, const cha
 }
 
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"tokens", "lengths", "T_pad", "logits", "stop_at_layer", "hooks", "pos", NULL};
+    static char *kwlist[] = {"tokens", "lengths", "T_pad", "logits", "stop_at_layer", "hooks", "pos", "logits_last", NULL};
     PyObject *tok_o, *len_o, *hooks = Py_None, *pos_o = Py_None;
-    int T_pad, want_logits = 1, stop = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|piOO", kwlist, &tok_o, &len_o, &T_pad, &want_logits, &stop, &hooks, &pos_o))
+    int T_pad, want_logits = 1, stop = -1, logits_last = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|piOOp", kwlist, &tok_o, &len_o, &T_pad, &want_logits, &stop, &hooks,
+                                     &pos_o, &logits_last))
         return NULL;
     if (!ready(self)) return NULL;
     const cl_model *m = self->m;
@@ -378,14 +379,14 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
         }
     }
     if (want_logits) {
-        npy_intp ld[3] = {B, T_pad, c->d_vocab};
-        logits = PyArray_EMPTY(3, ld, NPY_FLOAT32, 0);
+        npy_intp ld[3] = {B, T_pad, c->d_vocab}, ll[2] = {B, c->d_vocab};
+        logits = logits_last ? PyArray_EMPTY(2, ll, NPY_FLOAT32, 0) : PyArray_EMPTY(3, ld, NPY_FLOAT32, 0);
         if (!logits) goto done;
     }
     cb_ctx cbc = {m, lengths, B, T_pad, callbacks, names};
     cl_fwd_args fa = {
         .tokens = PyArray_DATA(tok), .lengths = lengths, .B = B, .T_pad = T_pad, .stop_at_layer = stop,
-        .logits = logits ? PyArray_DATA((PyArrayObject *)logits) : NULL, .slots = slots,
+        .logits = logits ? PyArray_DATA((PyArrayObject *)logits) : NULL, .logits_last = logits_last, .slots = slots,
         .pos = pos ? PyArray_DATA(pos) : NULL, .P = P, .hook_fn = call_hook, .hook_ctx = &cbc,
         .cancel = {clpy_cancel_fn, NULL},
     };
@@ -442,6 +443,15 @@ static PyTypeObject ModelType = {
     .tp_init = (initproc)Model_init,
     .tp_new = PyType_GenericNew,
 };
+
+const void *clpy_model_ptr(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "expected a ctxlookup._core.Model, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (!ready((ModelObject *)obj)) return NULL;
+    return ((ModelObject *)obj)->m;
+}
 
 int clpy_model_register(PyObject *m) {
     if (PyType_Ready(&ModelType) < 0) return -1;

@@ -77,6 +77,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyExc_ValueError, NULL);
     if (!clpy_FormatError || PyModule_AddObjectRef(m, "FormatError", clpy_FormatError) < 0) goto fail;
     if (clpy_model_register(m) < 0) goto fail;
+    if (clpy_analysis_register(m) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

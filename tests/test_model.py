@@ -380,3 +380,14 @@ def test_threads_setting(checkpoint):
     np.testing.assert_allclose(one, two, atol=1e-6)
     with pytest.raises(ValueError):
         ctxlookup.set_num_threads(0)
+
+
+def test_logits_at_last_position_only(checkpoint):
+    model = ctxlookup.Model.load(checkpoint("neox-parallel-rot0.25")[0])
+    toks, lens, _ = padded_batch(model.cfg.d_vocab, LENGTHS, seed=14)
+    full = model(toks, lengths=lens)
+    last = model(toks, lengths=lens, logits_pos="last")
+    assert last.shape == (4, model.cfg.d_vocab)
+    np.testing.assert_allclose(last, full[np.arange(4), lens - 1], atol=1e-5)
+    with pytest.raises(ValueError, match="logits_pos"):
+        model(toks, lengths=lens, logits_pos="first")

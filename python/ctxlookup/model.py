@@ -275,10 +275,13 @@ class Model:
         return names
 
     # ------------------------------------------------------------------ running
-    def __call__(self, tokens: TokensLike, lengths=None, attention_mask=None, return_type: str = "logits"):
-        """Logits ``(batch, pos, d_vocab)`` float32 (``return_type=None`` runs and returns None)."""
+    def __call__(self, tokens: TokensLike, lengths=None, attention_mask=None, return_type: str = "logits",
+                 logits_pos: Optional[str] = None):
+        """Logits ``(batch, pos, d_vocab)`` float32 (``return_type=None`` runs and returns None).
+        ``logits_pos="last"``: only each row's last real position, ``(batch, d_vocab)``."""
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
-        logits, _ = self._core.forward(packed, lens, T, logits=return_type is not None)
+        logits, _ = self._core.forward(packed, lens, T, logits=return_type is not None,
+                                       logits_last=_logits_last(logits_pos))
         return logits
 
     forward = __call__
@@ -302,7 +305,8 @@ class Model:
                        stop_at_layer: Optional[int] = None, return_logits: bool = True, *,
                        ablate_heads: Optional[Iterable] = None, head_ablation: str = "zero",
                        mean_z: Optional[np.ndarray] = None, set_neurons: Optional[Iterable] = None,
-                       patch: Optional[Mapping[str, np.ndarray]] = None, cache=None, pos=None):
+                       patch: Optional[Mapping[str, np.ndarray]] = None, cache=None, pos=None,
+                       logits_pos: Optional[str] = None):
         """Run with interventions; returns logits, or ``(logits, cache)`` when ``cache`` names hooks.
 
         ``fwd_hooks``: ``[(name or predicate, fn)]``; ``fn(activation, hook)`` sees the activation
@@ -312,6 +316,7 @@ class Model:
         (``mean_z``: ``(n_layers, n_heads, d_head)`` mean of ``hook_z``) replaces the heads' ``z``;
         ``set_neurons=[(layer, neuron, value), ...]`` sets ``mlp.hook_post``;
         ``patch={hook_name: array}`` replaces an activation (activation patching).
+        ``logits_pos="last"`` computes logits at each row's last real position only: ``(batch, d_vocab)``.
         """
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
         c = self.cfg
@@ -371,7 +376,7 @@ class Model:
                 user = s["callback"]
                 s["callback"] = lambda act, name, _f=user: _f(act, HookPoint(name))
         logits, raw = self._core.forward(packed, lens, T, logits=want_logits, stop_at_layer=stop,
-                                         hooks=specs or None, pos=pos_arr)
+                                         hooks=specs or None, pos=pos_arr, logits_last=_logits_last(logits_pos))
         if cache is None:
             return logits
         out = ActivationCache()
@@ -463,6 +468,14 @@ def _load_tokenizer(path: str):
     except ImportError:  # the tokenizer module is optional at this stage
         return None
     return Tokenizer.load(path)
+
+
+def _logits_last(logits_pos) -> bool:
+    if logits_pos is None:
+        return False
+    if logits_pos == "last":
+        return True
+    raise ValueError(f"logits_pos must be None or 'last', got {logits_pos!r}")
 
 
 def _int_array(x, what: str) -> np.ndarray:

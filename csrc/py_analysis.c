@@ -1,0 +1,301 @@
+/* py_analysis.c: bindings for the method's C kernels: congruence top-k, the max-activating
+ * scanner, and head attribution. Arrays in, fresh arrays out; the GIL is released for the work. */
+#include "py_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cl_neurons.h"
+#include "cl_search.h"
+
+/* C-contiguous aligned array of a type, new reference. */
+static PyArrayObject *arr(PyObject *o, int type, int nd, const char *what) {
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(o, type, nd, nd, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    if (!a) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be a %d-D array", what, nd);
+        }
+    }
+    return a;
+}
+
+static PyObject *py_congruence(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"W_out", "U", "allowed", "top", "col_idx", "col_val", "neuron_offset", NULL};
+    PyObject *wo = NULL, *uo = NULL, *ao = Py_None, *cio = Py_None, *cvo = Py_None, *res = NULL;
+    int top = 5;
+    long long offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OiOOL", kwlist, &wo, &uo, &ao, &top, &cio, &cvo, &offset)) return NULL;
+    PyArrayObject *W = NULL, *U = NULL, *A = NULL, *CI = NULL, *CV = NULL;
+    PyObject *tt = NULL, *tv = NULL;
+    if (!(W = arr(wo, NPY_FLOAT32, 2, "W_out")) || !(U = arr(uo, NPY_FLOAT32, 2, "U")) ) goto done;
+    npy_intp n = PyArray_DIM(W, 0), D = PyArray_DIM(W, 1), V = PyArray_DIM(U, 0);
+    if (PyArray_DIM(U, 1) != D) {
+        PyErr_Format(PyExc_ValueError, "U has d_model %zd but W_out has %zd", (Py_ssize_t)PyArray_DIM(U, 1), (Py_ssize_t)D);
+        goto done;
+    }
+    if (top < 1 || top > V) { PyErr_Format(PyExc_ValueError, "top must be in [1, %zd]", (Py_ssize_t)V); goto done; }
+    if (ao != Py_None) {
+        if (!(A = arr(ao, NPY_UINT8, 1, "allowed"))) goto done;
+        if (PyArray_DIM(A, 0) != V) { PyErr_Format(PyExc_ValueError, "allowed has %zd entries for %zd tokens", (Py_ssize_t)PyArray_DIM(A, 0), (Py_ssize_t)V); goto done; }
+    }
+    if (cio != Py_None) {
+        /* updated in place: must already be the right type and layout */
+        if (!PyArray_Check(cio) || !PyArray_Check(cvo) || PyArray_TYPE((PyArrayObject *)cio) != NPY_INT64 ||
+            PyArray_TYPE((PyArrayObject *)cvo) != NPY_FLOAT32 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)cio) ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)cvo) || PyArray_NDIM((PyArrayObject *)cio) != 2 ||
+            PyArray_DIM((PyArrayObject *)cio, 0) != V || PyArray_DIM((PyArrayObject *)cio, 1) != 2 ||
+            PyArray_NDIM((PyArrayObject *)cvo) != 2 || PyArray_DIM((PyArrayObject *)cvo, 0) != V || PyArray_DIM((PyArrayObject *)cvo, 1) != 2 ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)cio) || !PyArray_ISWRITEABLE((PyArrayObject *)cvo)) {
+            PyErr_Format(PyExc_ValueError, "col_idx / col_val must be writable C-contiguous int64 / float32 arrays of shape (%zd, 2)", (Py_ssize_t)V);
+            goto done;
+        }
+        CI = (PyArrayObject *)cio; CV = (PyArrayObject *)cvo;
+    }
+    npy_intp dims[2] = {n, top};
+    tt = PyArray_EMPTY(2, dims, NPY_INT32, 0);
+    tv = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
+    if (!tt || !tv) goto done;
+    cl_congruence_out out = {top, PyArray_DATA((PyArrayObject *)tt), PyArray_DATA((PyArrayObject *)tv),
+                             CI ? PyArray_DATA(CI) : NULL, CV ? PyArray_DATA(CV) : NULL, offset};
+    cl_error err = {0};
+    cl_status st;
+    cl_cancel cancel = {clpy_cancel_fn, NULL};
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_congruence(PyArray_DATA(W), (int)n, (int)D, PyArray_DATA(U), (int)V, A ? PyArray_DATA(A) : NULL, &out, &cancel, &err);
+    Py_END_ALLOW_THREADS
+    if (st) { clpy_raise(&err); goto done; }
+    res = Py_BuildValue("(OO)", tt, tv);
+done:
+    Py_XDECREF(W); Py_XDECREF(U); Py_XDECREF(A); Py_XDECREF(tt); Py_XDECREF(tv);
+    return res;
+}
+
+/* ---- Scanner ---- */
+
+typedef struct {
+    PyObject_HEAD
+    cl_scanner *s;
+} ScannerObject;
+
+static void Scanner_dealloc(ScannerObject *self) {
+    cl_scanner_free(self->s);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Scanner_init(ScannerObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"layers", "neurons", "d_mlp", "k", NULL};
+    PyObject *lo, *no;
+    int d_mlp, k;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOii", kwlist, &lo, &no, &d_mlp, &k)) return -1;
+    PyArrayObject *L = arr(lo, NPY_INT32, 1, "layers"), *N = L ? arr(no, NPY_INT32, 1, "neurons") : NULL;
+    int rc = -1;
+    if (!L || !N) goto done;
+    if (PyArray_DIM(L, 0) != PyArray_DIM(N, 0)) { PyErr_SetString(PyExc_ValueError, "layers and neurons differ in length"); goto done; }
+    cl_error err = {0};
+    cl_scanner *s = NULL;
+    if (cl_scanner_new((int)PyArray_DIM(L, 0), PyArray_DATA(L), PyArray_DATA(N), d_mlp, k, &s, &err)) { clpy_raise(&err); goto done; }
+    cl_scanner_free(self->s);
+    self->s = s;
+    rc = 0;
+done:
+    Py_XDECREF(L); Py_XDECREF(N);
+    return rc;
+}
+
+static PyObject *copy_out(const void *src, int type, int nd, npy_intp *dims) {
+    PyObject *a = PyArray_EMPTY(nd, dims, type, 0);
+    if (a) memcpy(PyArray_DATA((PyArrayObject *)a), src, PyArray_NBYTES((PyArrayObject *)a));
+    return a;
+}
+
+static PyObject *Scanner_state(ScannerObject *self, PyObject *unused) {
+    if (!self->s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
+    cl_scanner *s = self->s;
+    npy_intp nk[2] = {s->n, s->k}, n1[1] = {s->n};
+    PyObject *act = copy_out(s->act, NPY_FLOAT32, 2, nk), *doc = copy_out(s->doc, NPY_INT64, 2, nk),
+             *pos = copy_out(s->pos, NPY_INT32, 2, nk), *cnt = copy_out(s->count, NPY_INT32, 1, n1), *res = NULL;
+    if (act && doc && pos && cnt) res = Py_BuildValue("{s:O,s:O,s:O,s:O}", "act", act, "doc", doc, "pos", pos, "count", cnt);
+    Py_XDECREF(act); Py_XDECREF(doc); Py_XDECREF(pos); Py_XDECREF(cnt);
+    return res;
+}
+
+static PyObject *Scanner_set_state(ScannerObject *self, PyObject *args) {
+    PyObject *ao, *doo, *po, *co;
+    if (!PyArg_ParseTuple(args, "OOOO", &ao, &doo, &po, &co)) return NULL;
+    if (!self->s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
+    cl_scanner *s = self->s;
+    PyArrayObject *A = arr(ao, NPY_FLOAT32, 2, "act"), *Dd = A ? arr(doo, NPY_INT64, 2, "doc") : NULL,
+                  *P = Dd ? arr(po, NPY_INT32, 2, "pos") : NULL, *C = P ? arr(co, NPY_INT32, 1, "count") : NULL;
+    PyObject *res = NULL;
+    if (!C) goto done;
+    if (PyArray_DIM(A, 0) != s->n || PyArray_DIM(A, 1) != s->k || PyArray_DIM(Dd, 0) != s->n || PyArray_DIM(Dd, 1) != s->k ||
+        PyArray_DIM(P, 0) != s->n || PyArray_DIM(P, 1) != s->k || PyArray_DIM(C, 0) != s->n) {
+        PyErr_Format(PyExc_ValueError, "saved scan state does not match this scan (%d neurons, k = %d)", s->n, s->k);
+        goto done;
+    }
+    const int32_t *cnt = PyArray_DATA(C);
+    for (int j = 0; j < s->n; j++)
+        if (cnt[j] < 0 || cnt[j] > s->k) { PyErr_SetString(PyExc_ValueError, "saved scan state has an invalid count"); goto done; }
+    memcpy(s->act, PyArray_DATA(A), (size_t)s->n * s->k * sizeof(float));
+    memcpy(s->doc, PyArray_DATA(Dd), (size_t)s->n * s->k * sizeof(int64_t));
+    memcpy(s->pos, PyArray_DATA(P), (size_t)s->n * s->k * sizeof(int32_t));
+    memcpy(s->count, cnt, (size_t)s->n * sizeof(int32_t));
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    Py_XDECREF(A); Py_XDECREF(Dd); Py_XDECREF(P); Py_XDECREF(C);
+    return res;
+}
+
+static PyMethodDef Scanner_methods[] = {
+    {"state", (PyCFunction)Scanner_state, METH_NOARGS, "state() -> dict(act, doc, pos, count): copies"},
+    {"set_state", (PyCFunction)Scanner_set_state, METH_VARARGS, "set_state(act, doc, pos, count): resume a scan"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ctxlookup._core.Scanner",
+    .tp_basicsize = sizeof(ScannerObject),
+    .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Scanner(layers, neurons, d_mlp, k): streaming top-k documents per neuron",
+    .tp_methods = Scanner_methods,
+    .tp_init = (initproc)Scanner_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* Shared by scan_batch and attribute_batch: packed tokens + lengths -> forward args. */
+static int prep_tokens(PyObject *to, PyObject *lo, PyArrayObject **T, PyArrayObject **L, int *T_pad) {
+    *T = arr(to, NPY_INT32, 1, "tokens");
+    *L = *T ? arr(lo, NPY_INT32, 1, "lengths") : NULL;
+    if (!*L) return -1;
+    long long sum = 0;
+    int mx = 0;
+    const int32_t *l = PyArray_DATA(*L);
+    for (npy_intp b = 0; b < PyArray_DIM(*L, 0); b++) { sum += l[b]; if (l[b] > mx) mx = l[b]; }
+    if (sum != PyArray_DIM(*T, 0)) {
+        PyErr_Format(PyExc_ValueError, "the lengths add up to %lld tokens but %zd were given", sum, (Py_ssize_t)PyArray_DIM(*T, 0));
+        return -1;
+    }
+    *T_pad = mx;
+    return 0;
+}
+
+static PyObject *py_scan_batch(PyObject *self, PyObject *args) {
+    PyObject *mo, *so, *to, *lo, *dobj;
+    int skip_first;
+    if (!PyArg_ParseTuple(args, "OO!OOOi", &mo, &ScannerType, &so, &to, &lo, &dobj, &skip_first)) return NULL;
+    const cl_model *m = clpy_model_ptr(mo);
+    if (!m) return NULL;
+    cl_scanner *s = ((ScannerObject *)so)->s;
+    if (!s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
+    PyArrayObject *T = NULL, *L = NULL, *Dd = NULL;
+    cl_hook_slot *slots = NULL;
+    PyObject *res = NULL;
+    int T_pad;
+    if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
+    if (!(Dd = arr(dobj, NPY_INT64, 1, "doc_ids"))) goto done;
+    int B = (int)PyArray_DIM(L, 0);
+    if (PyArray_DIM(Dd, 0) != B) { PyErr_SetString(PyExc_ValueError, "one doc id per sequence"); goto done; }
+    const cl_config *c = &m->cfg;
+    slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
+    if (!slots) { PyErr_NoMemory(); goto done; }
+    int deepest = -1;
+    for (int j = 0; j < s->n; j++) {
+        if (s->layer[j] < 0 || s->layer[j] >= c->n_layers || s->d_mlp != c->d_mlp) {
+            PyErr_Format(PyExc_ValueError, "scanner neuron %d (layer %d) does not fit this model", j, s->layer[j]);
+            goto done;
+        }
+        cl_hook_slot *sl = &slots[cl_hook_slot_index(c, CL_HK_MLP_POST, s->layer[j])];
+        sl->observe = cl_scanner_observe;
+        sl->observe_ctx = s;
+        if (s->layer[j] > deepest) deepest = s->layer[j];
+    }
+    s->batch_docs = PyArray_DATA(Dd);
+    s->skip_first = skip_first;
+    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = B, .T_pad = T_pad,
+                      .stop_at_layer = deepest + 1, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
+    cl_error err = {0};
+    cl_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_forward(m, &fa, &err);
+    Py_END_ALLOW_THREADS
+    s->batch_docs = NULL;
+    if (st) { clpy_raise(&err); goto done; }
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    free(slots);
+    Py_XDECREF(T); Py_XDECREF(L); Py_XDECREF(Dd);
+    return res;
+}
+
+static PyObject *py_attribute_batch(PyObject *self, PyObject *args) {
+    PyObject *mo, *to, *lo, *tlo, *tno;
+    if (!PyArg_ParseTuple(args, "OOOOO", &mo, &to, &lo, &tlo, &tno)) return NULL;
+    const cl_model *m = clpy_model_ptr(mo);
+    if (!m) return NULL;
+    PyArrayObject *T = NULL, *L = NULL, *TL = NULL, *TN = NULL;
+    PyObject *score = NULL, *act = NULL, *res = NULL;
+    cl_hook_slot *slots = NULL;
+    int T_pad;
+    if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
+    if (!(TL = arr(tlo, NPY_INT32, 1, "target_layers")) || !(TN = arr(tno, NPY_INT32, 1, "target_neurons"))) goto done;
+    const cl_config *c = &m->cfg;
+    int B = (int)PyArray_DIM(L, 0);
+    if (PyArray_DIM(TL, 0) != B || PyArray_DIM(TN, 0) != B) { PyErr_SetString(PyExc_ValueError, "one target per prompt"); goto done; }
+    const int32_t *tl = PyArray_DATA(TL), *tn = PyArray_DATA(TN);
+    int deepest = -1;
+    for (int b = 0; b < B; b++) {
+        if (tl[b] < 0 || tl[b] >= c->n_layers) { PyErr_Format(PyExc_ValueError, "layer %d is outside [0, %d)", tl[b], c->n_layers); goto done; }
+        if (tn[b] < 0 || tn[b] >= c->d_mlp) { PyErr_Format(PyExc_ValueError, "neuron %d is outside [0, %d)", tn[b], c->d_mlp); goto done; }
+        if (tl[b] > deepest) deepest = tl[b];
+    }
+    npy_intp sd[3] = {B, c->n_layers, c->n_heads}, ad[1] = {B};
+    score = PyArray_EMPTY(3, sd, NPY_FLOAT32, 0);
+    act = PyArray_EMPTY(1, ad, NPY_FLOAT32, 0);
+    slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
+    if (!score || !act || !slots) { if (!PyErr_Occurred()) PyErr_NoMemory(); goto done; }
+    float *sp = PyArray_DATA((PyArrayObject *)score);
+    for (npy_intp i = 0; i < PyArray_SIZE((PyArrayObject *)score); i++) sp[i] = NAN;
+    cl_attribution at = {m, B, tl, tn, sp, PyArray_DATA((PyArrayObject *)act)};
+    for (int l = 0; l <= deepest; l++) {
+        cl_hook_slot *z = &slots[cl_hook_slot_index(c, CL_HK_Z, l)];
+        z->observe = cl_attribution_observe_z;
+        z->observe_ctx = &at;
+        cl_hook_slot *p = &slots[cl_hook_slot_index(c, CL_HK_MLP_POST, l)];
+        p->observe = cl_attribution_observe_post;
+        p->observe_ctx = &at;
+    }
+    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = B, .T_pad = T_pad,
+                      .stop_at_layer = deepest + 1, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
+    cl_error err = {0};
+    cl_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_forward(m, &fa, &err);
+    Py_END_ALLOW_THREADS
+    if (st) { clpy_raise(&err); goto done; }
+    res = Py_BuildValue("(OO)", score, act);
+done:
+    free(slots);
+    Py_XDECREF(T); Py_XDECREF(L); Py_XDECREF(TL); Py_XDECREF(TN); Py_XDECREF(score); Py_XDECREF(act);
+    return res;
+}
+
+static PyMethodDef analysis_methods[] = {
+    {"congruence", (PyCFunction)(void (*)(void))py_congruence, METH_VARARGS | METH_KEYWORDS,
+     "congruence(W_out, U, allowed=None, top=5, col_idx=None, col_val=None, neuron_offset=0) -> (top_tokens, top_values)"},
+    {"scan_batch", py_scan_batch, METH_VARARGS,
+     "scan_batch(model, scanner, tokens, lengths, doc_ids, skip_first): one forward, top-k updated"},
+    {"attribute_batch", py_attribute_batch, METH_VARARGS,
+     "attribute_batch(model, tokens, lengths, target_layers, target_neurons) -> (score (B, n_layers, n_heads), act (B))"},
+    {NULL, NULL, 0, NULL},
+};
+
+int clpy_analysis_register(PyObject *m) {
+    if (PyType_Ready(&ScannerType) < 0) return -1;
+    Py_INCREF(&ScannerType);
+    if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) { Py_DECREF(&ScannerType); return -1; }
+    return PyModule_AddFunctions(m, analysis_methods);
+}

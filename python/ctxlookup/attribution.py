@@ -1,0 +1,163 @@
+"""Head attribution, head selection and the ablation check (METHOD §4 and §6).
+
+``score[(k, i), (l, j)] = <h_(k,i), W_in[l][:, j]>``: head i of layer k's output in the residual
+stream (``attn.hook_result``, without ``b_O``) at the prompt's last token, against neuron j of
+layer l's input weight. Computed in C inside the forward pass as ``<z, W_O[k, i] W_in[l][:, j]>``,
+so no per-head result tensor is ever built. A head is **active** on a prompt when its score
+exceeds the mean + 2 sample standard deviations (ddof=1) of the scores of all eligible heads on
+that prompt.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from . import _core
+
+__all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers"]
+
+
+def eligible_layers(model, layer: int, rule: str) -> int:
+    """Number of head layers eligible for a neuron of ``layer``: heads of layers ``< n`` are.
+
+    ``rule="architecture"`` (default): heads that can reach the MLP input: ``k <= l`` for a
+    sequential block (GPT-2), ``k < l`` for a parallel one (Pythia). ``rule="authors"``: ``k < l``.
+    """
+    if rule == "architecture":
+        return layer if model.cfg.parallel_attn_mlp else layer + 1
+    if rule == "authors":
+        return layer
+    raise ValueError(f"rule must be 'architecture' or 'authors', got '{rule}'")
+
+
+def prompt_tokens(model, prompts: pd.DataFrame) -> list:
+    """Each prompt's model input: its ``tokens``, after BOS when the prompts were made with one."""
+    bos = prompts.attrs.get("prepend_bos", True)
+    head = [model.bos_token_id] if bos else []
+    if bos and model.bos_token_id is None:
+        raise ValueError("the prompts expect a BOS token but the model has none")
+    out = []
+    for t in prompts["tokens"]:
+        a = np.asarray(head + list(t), np.int32)
+        if len(a) == 0:
+            raise ValueError("a prompt has no tokens")
+        out.append(a)
+    return out
+
+
+def _batches(lengths, batch_tokens):
+    order = np.argsort(lengths, kind="stable")
+    i = 0
+    while i < len(order):
+        j, tot = i, 0
+        while j < len(order) and (tot + lengths[order[j]] <= batch_tokens or j == i):
+            tot += lengths[order[j]]
+            j += 1
+        yield order[i:j]
+        i = j
+
+
+def head_attribution(model, prompts: pd.DataFrame, rule: str = "architecture", batch_tokens: int = 16384) -> pd.DataFrame:
+    """Long DataFrame ``[layer, neuron, prompt_id, head_layer, head, score, active]``, one row per
+    prompt and eligible head. ``prompts``: the output of :func:`ctxlookup.truncate` (``layer,
+    neuron, prompt_id, tokens``). ``df.attrs["activation"]`` maps prompt_id to the neuron's
+    activation at the last token, recomputed in the same pass.
+    """
+    for c in ("layer", "neuron", "prompt_id", "tokens"):
+        if c not in prompts.columns:
+            raise ValueError(f"prompts need a '{c}' column")
+    H = model.cfg.n_heads
+    toks = prompt_tokens(model, prompts)
+    lengths = np.array([len(t) for t in toks])
+    layers = prompts["layer"].to_numpy(np.int32)
+    neurons = prompts["neuron"].to_numpy(np.int32)
+    pids = prompts["prompt_id"].to_numpy()
+    scores = np.empty((len(toks), model.cfg.n_layers, H), np.float32)
+    acts = np.empty(len(toks), np.float32)
+    for idx in _batches(lengths, batch_tokens):
+        s, a = _core.attribute_batch(model._core, np.concatenate([toks[i] for i in idx]), lengths[idx].astype(np.int32),
+                                     layers[idx], neurons[idx])
+        scores[idx], acts[idx] = s, a
+    frames = []
+    for i in range(len(toks)):
+        n_el = eligible_layers(model, int(layers[i]), rule)
+        if n_el == 0:
+            continue
+        s = scores[i, :n_el].reshape(-1).astype(np.float64)
+        thr = s.mean() + 2 * s.std(ddof=1) if s.size > 1 else np.inf
+        frames.append(pd.DataFrame({
+            "layer": int(layers[i]), "neuron": int(neurons[i]), "prompt_id": pids[i],
+            "head_layer": np.repeat(np.arange(n_el), H), "head": np.tile(np.arange(H), n_el),
+            "score": s.astype(np.float32), "active": s > thr}))
+    cols = ["layer", "neuron", "prompt_id", "head_layer", "head", "score", "active"]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    df.attrs.update(rule=rule, activation=dict(zip(pids.tolist(), acts.tolist())),
+                    no_eligible_heads=int(sum(eligible_layers(model, int(l), rule) == 0 for l in layers)))
+    return df[cols]
+
+
+def select_heads(attribution: pd.DataFrame, low: float = 0.25, high: float = 0.75) -> pd.DataFrame:
+    """Heads active on a fraction of a neuron's prompts within ``[low, high]`` (both inclusive):
+    ``[layer, neuron, head_layer, head, active_fraction, n_prompts]``."""
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
+    g = attribution.groupby(["layer", "neuron", "head_layer", "head"], sort=True)["active"]
+    df = g.agg(active_fraction="mean", n_prompts="size").reset_index()
+    sel = df[(df.active_fraction >= low - 1e-12) & (df.active_fraction <= high + 1e-12)]
+    return sel.reset_index(drop=True)
+
+
+def _softmax_prob(logits_last: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+    x = logits_last.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    p = np.exp(x)
+    p /= p.sum(-1, keepdims=True)
+    return p[np.arange(len(token_ids)), token_ids]
+
+
+def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution: Optional[pd.DataFrame] = None,
+                 mode: str = "zero", mean_z: Optional[np.ndarray] = None, batch_tokens: int = 16384) -> pd.DataFrame:
+    """The ablation check: for each selected neuron-head pair and each of the neuron's prompts,
+    the probability of the neuron's token at the last position with and without the head
+    (``hook_z`` zeroed, or replaced by ``mean_z`` with ``mode="mean"``).
+
+    Returns ``[layer, neuron, head_layer, head, prompt_id, p_clean, p_ablated, decrease, active]``
+    (``active`` from ``attribution`` when given). ``prompts`` need ``token_id`` (the neuron's token).
+    """
+    if "token_id" not in prompts.columns:
+        raise ValueError("prompts need a 'token_id' column (the neuron's token)")
+    toks = prompt_tokens(model, prompts)
+    lengths = np.array([len(t) for t in toks])
+    by_neuron = {k: np.nonzero(((prompts.layer == k[0]) & (prompts.neuron == k[1])).to_numpy())[0]
+                 for k in set(zip(prompts.layer, prompts.neuron))}
+    token_ids = prompts["token_id"].to_numpy(np.int64)
+
+    def last_probs(idx, **kw):
+        out = np.empty(len(idx))
+        for sub in _batches(lengths[idx], batch_tokens):
+            rows = idx[sub]
+            last = model.run_with_hooks([toks[i] for i in rows], logits_pos="last", **kw)
+            out[sub] = _softmax_prob(last, token_ids[rows])
+        return out
+
+    clean = {k: last_probs(v) for k, v in by_neuron.items()}
+    active = None
+    if attribution is not None:
+        active = attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
+    rows = []
+    for h in heads.itertuples(index=False):
+        idx = by_neuron.get((h.layer, h.neuron))
+        if idx is None or len(idx) == 0:
+            continue
+        abl = last_probs(idx, ablate_heads=[(int(h.head_layer), int(h.head))], head_ablation=mode, mean_z=mean_z)
+        for j, i in enumerate(idx):
+            pid = prompts.prompt_id.iat[i]
+            act = bool(active.get((pid, h.head_layer, h.head), False)) if active is not None else None
+            rows.append((h.layer, h.neuron, h.head_layer, h.head, pid, clean[(h.layer, h.neuron)][j], abl[j],
+                         clean[(h.layer, h.neuron)][j] - abl[j], act))
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "head_layer", "head", "prompt_id", "p_clean", "p_ablated",
+                                     "decrease", "active"])
+    df.attrs.update(mode=mode)
+    return df

@@ -1,0 +1,250 @@
+"""Next-token neurons (METHOD §2): congruence of MLP neurons with tokens, glitch-token detection,
+the random-neuron baseline and the an-neuron post's "mutually exclusive congruence" search.
+
+Congruence of neuron ``i`` of layer ``l`` with token ``t`` is ``<W_out[l][i], u_t>`` where ``u_t``
+is column ``t`` of ``W_U`` (``direction="unembed"``, the authors' notebooks, default) or row ``t``
+of ``W_E`` (``direction="embed"``, the paper's text and the an-neuron post). A neuron's score is
+its largest congruence over candidate tokens and its token is the argmax. The matrix is computed
+blockwise in C (OpenBLAS): never ``(n_neurons, d_vocab)`` at once.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import _core
+
+__all__ = ["next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
+           "default_layers", "token_strings", "congruence"]
+
+
+def default_layers(model) -> tuple:
+    """METHOD §2 defaults: ``(layers, top_k)``. GPT-2 large (36 layers): last 5, top 40; 24 layers
+    (GPT-2 medium, Pythia-1.4b): last 4, top 20; otherwise (GPT-2 small, Pythia-160m): last 3, top 20."""
+    L = model.cfg.n_layers
+    if L >= 36:
+        return list(range(L - 5, L)), 40
+    if L >= 24:
+        return list(range(L - 4, L)), 20
+    return list(range(max(0, L - 3), L)), 20
+
+
+def token_strings(model) -> list:
+    """Each id of the model's vocabulary decoded alone (None for ids the tokenizer does not have)."""
+    tok = model.tokenizer
+    if tok is None:
+        return [None] * model.cfg.d_vocab
+    cache = getattr(model, "_token_strings", None)
+    if cache is None:
+        n = min(model.cfg.d_vocab, tok.vocab_size)
+        cache = tok.to_str_tokens(np.arange(n, dtype=np.int32)) + [None] * (model.cfg.d_vocab - n)
+        model._token_strings = cache
+    return cache
+
+
+def _token_matrix(model, direction: str) -> np.ndarray:
+    if direction == "unembed":
+        return model.W_U.T  # (d_vocab, d_model), contiguous: the stored layout
+    if direction == "embed":
+        return model.W_E
+    raise ValueError(f"direction must be 'unembed' or 'embed', got '{direction}'")
+
+
+def _check_layers(model, layers) -> list:
+    layers = [int(l) for l in layers]
+    for l in layers:
+        if not 0 <= l < model.cfg.n_layers:
+            raise ValueError(f"layer {l} is outside [0, {model.cfg.n_layers})")
+    return layers
+
+
+def congruence(model, layer: int, neurons: Optional[Sequence[int]] = None, direction: str = "unembed") -> np.ndarray:
+    """The dense congruence matrix ``(len(neurons), d_vocab)`` for a few neurons (for plots)."""
+    _check_layers(model, [layer])
+    W = model.W_out[layer]
+    if neurons is not None:
+        W = W[np.asarray(neurons)]
+    return W @ _token_matrix(model, direction).T
+
+
+def whole_word_mask(strings: Sequence[Optional[str]]) -> np.ndarray:
+    """The authors' candidate filter: the decoded token starts with a space and is longer than 2 characters."""
+    return np.array([s is not None and s.startswith(" ") and len(s) > 2 for s in strings], dtype=bool)
+
+
+def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0) -> pd.DataFrame:
+    """Tokens that produce spurious top neurons, with the reason each was flagged.
+
+    Reasons: ``padding`` (an embedding row the tokenizer never produces: padded vocabularies),
+    ``unreachable`` (encoding the token's own text does not give the token back: BPE never emits
+    it, so it was never trained as an input; special tokens excepted), ``low_embedding_norm`` (the
+    centred embedding's norm is a robust outlier below the rest, z < ``norm_z`` with the median and
+    1.4826 x MAD: the signature of under-trained tokens). With a ``corpus``, ``corpus_count`` gives
+    each flagged token's occurrences in its first ``max_docs`` documents.
+    Returns a DataFrame ``[token_id, token, reason, norm_z]``.
+    """
+    V = model.cfg.d_vocab
+    strings = token_strings(model)
+    rows = []
+    E = np.asarray(model.W_E, dtype=np.float64)
+    norms = np.linalg.norm(E - E.mean(0), axis=1)
+    tok = model.tokenizer
+    n_real = tok.vocab_size if tok is not None else V
+    med = np.median(norms[:n_real])
+    mad = 1.4826 * np.median(np.abs(norms[:n_real] - med)) or 1e-12
+    z = (norms - med) / mad
+    special = set(getattr(tok, "special_ids", []) or []) if tok is not None else set()
+    for t in range(n_real, V):
+        rows.append((t, None, "padding", float(z[t])))
+    if tok is not None:
+        ids = np.arange(n_real, dtype=np.int32)
+        texts = [strings[i] for i in range(n_real)]
+        encoded = tok.encode_batch([s if s is not None else "" for s in texts], allow_special=True)
+        for t in range(n_real):
+            if t in special:
+                continue
+            e = encoded[t]
+            if len(e) != 1 or int(e[0]) != t:
+                rows.append((t, strings[t], "unreachable", float(z[t])))
+        del ids
+    flagged = {r[0] for r in rows}
+    for t in np.nonzero(z[:n_real] < norm_z)[0]:
+        if int(t) not in flagged:
+            rows.append((int(t), strings[t], "low_embedding_norm", float(z[t])))
+    df = pd.DataFrame(rows, columns=["token_id", "token", "reason", "norm_z"]).sort_values("token_id", kind="stable")
+    df = df.reset_index(drop=True)
+    if corpus is not None and tok is not None and len(df):
+        counts = np.zeros(V, np.int64)
+        for i, doc in enumerate(corpus):
+            if i >= max_docs:
+                break
+            ids = tok.encode(doc.text)
+            np.add.at(counts, ids[ids < V], 1)
+        df["corpus_count"] = counts[df["token_id"].to_numpy()]
+    return df
+
+
+def _scores(model, layer, U, allowed, top):
+    return _core.congruence(np.ascontiguousarray(model.W_out[layer]), U, allowed.astype(np.uint8) if allowed is not None else None,
+                            top)
+
+
+def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Optional[int] = None,
+                       direction: str = "unembed", token_filter: Optional[str] = "whole_word",
+                       exclude_glitch: bool = True, top_tokens: int = 5, glitch: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """The ``top_k`` neurons per layer with the largest congruence to a candidate token.
+
+    Returns a DataFrame with columns ``layer, neuron, token_id, token, congruence, rank`` (rank
+    within its layer, 0 = most congruent) and ``top_token_ids, top_tokens, top_congruences`` (the
+    neuron's best ``top_tokens`` candidates). ``token_filter="whole_word"`` keeps tokens that start
+    with a space and are longer than 2 characters (the authors'); None keeps every token.
+    With ``exclude_glitch``, tokens from :func:`detect_glitch_tokens` (or ``glitch``) are not
+    candidates; ``df.attrs["excluded_tokens"]`` lists them with reasons and
+    ``df.attrs["excluded_neurons"]`` the neurons that would have been selected through one.
+    """
+    d_layers, d_top = default_layers(model)
+    layers = _check_layers(model, d_layers if layers is None else layers)
+    top_k = d_top if top_k is None else int(top_k)
+    if top_k < 1 or top_k > model.cfg.d_mlp:
+        raise ValueError(f"top_k must be in [1, {model.cfg.d_mlp}], got {top_k}")
+    U = np.ascontiguousarray(_token_matrix(model, direction))
+    strings = token_strings(model)
+    V = model.cfg.d_vocab
+    if token_filter == "whole_word":
+        if model.tokenizer is None:
+            raise ValueError("token_filter='whole_word' needs the model's tokenizer; pass token_filter=None")
+        allowed = whole_word_mask(strings)
+    elif token_filter is None:
+        allowed = np.ones(V, bool)
+    else:
+        raise ValueError(f"token_filter must be 'whole_word' or None, got '{token_filter}'")
+    excluded_tokens = pd.DataFrame(columns=["token_id", "token", "reason", "norm_z"])
+    if exclude_glitch:
+        excluded_tokens = detect_glitch_tokens(model) if glitch is None else glitch
+        clean = allowed.copy()
+        clean[excluded_tokens["token_id"].to_numpy(dtype=np.int64)] = False
+    else:
+        clean = allowed
+    if not clean.any():
+        raise ValueError("no candidate tokens are left after filtering")
+    rows, excluded_neurons = [], []
+    for layer in layers:
+        ids, vals = _scores(model, layer, U, clean, top_tokens)
+        order = np.lexsort((np.arange(len(vals)), -vals[:, 0]))[:top_k]
+        for rank, n in enumerate(order):
+            rows.append(dict(layer=layer, neuron=int(n), token_id=int(ids[n, 0]), token=strings[ids[n, 0]],
+                             congruence=float(vals[n, 0]), rank=rank, top_token_ids=[int(i) for i in ids[n]],
+                             top_tokens=[strings[i] for i in ids[n]], top_congruences=[float(v) for v in vals[n]]))
+        if exclude_glitch and len(excluded_tokens):
+            ids_all, vals_all = _scores(model, layer, U, allowed, 1)
+            order_all = np.lexsort((np.arange(len(vals_all)), -vals_all[:, 0]))[:top_k]
+            bad = set(excluded_tokens["token_id"].tolist())
+            for n in order_all:
+                if int(ids_all[n, 0]) in bad:
+                    excluded_neurons.append(dict(layer=layer, neuron=int(n), token_id=int(ids_all[n, 0]),
+                                                 token=strings[ids_all[n, 0]], congruence=float(vals_all[n, 0])))
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "token", "congruence", "rank", "top_token_ids",
+                                     "top_tokens", "top_congruences"])
+    df.attrs.update(direction=direction, token_filter=token_filter, exclude_glitch=exclude_glitch,
+                    excluded_tokens=excluded_tokens,
+                    excluded_neurons=pd.DataFrame(excluded_neurons, columns=["layer", "neuron", "token_id", "token",
+                                                                             "congruence"]))
+    return df
+
+
+def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, seed: int = 0,
+                   direction: str = "unembed", token_filter: Optional[str] = "whole_word") -> pd.DataFrame:
+    """The §5.2.2 baseline: ``n`` neurons per layer drawn uniformly without replacement (seeded),
+    each with its most congruent candidate token. Same columns as :func:`next_token_neurons`."""
+    d_layers, _ = default_layers(model)
+    layers = _check_layers(model, d_layers if layers is None else layers)
+    if not 1 <= n <= model.cfg.d_mlp:
+        raise ValueError(f"n must be in [1, {model.cfg.d_mlp}], got {n}")
+    rng = np.random.default_rng(seed)
+    U = np.ascontiguousarray(_token_matrix(model, direction))
+    strings = token_strings(model)
+    allowed = whole_word_mask(strings) if token_filter == "whole_word" and model.tokenizer is not None else None
+    rows = []
+    for layer in layers:
+        picked = np.sort(rng.choice(model.cfg.d_mlp, size=n, replace=False))
+        W = np.ascontiguousarray(model.W_out[layer][picked])
+        ids, vals = _core.congruence(W, U, None if allowed is None else allowed.astype(np.uint8), 5)
+        for rank, (nr, i, v) in enumerate(zip(picked, ids, vals)):
+            rows.append(dict(layer=layer, neuron=int(nr), token_id=int(i[0]), token=strings[i[0]], congruence=float(v[0]),
+                             rank=rank, top_token_ids=[int(x) for x in i], top_tokens=[strings[x] for x in i],
+                             top_congruences=[float(x) for x in v]))
+    df = pd.DataFrame(rows)
+    df.attrs.update(direction=direction, seed=seed, baseline="random")
+    return df
+
+
+def mutual_exclusive_congruence(model, top: int = 20, direction: str = "embed", layers=None) -> pd.DataFrame:
+    """The an-neuron post's search over all neurons of all layers (or ``layers``) and all tokens:
+    pairs where the neuron's top token is ``t`` and ``t``'s top neuron is that neuron, scored by
+    (top1 - top2 congruence over tokens, for the neuron) x (top1 - top2 over neurons, for the token).
+    Returns the best ``top`` pairs: ``[layer, neuron, token_id, token, congruence, neuron_gap, token_gap, score]``.
+    """
+    layers = _check_layers(model, range(model.cfg.n_layers) if layers is None else layers)
+    U = np.ascontiguousarray(_token_matrix(model, direction))
+    V, M = model.cfg.d_vocab, model.cfg.d_mlp
+    col_idx = np.full((V, 2), -1, np.int64)
+    col_val = np.full((V, 2), -np.inf, np.float32)
+    per_neuron = []
+    for i, layer in enumerate(layers):
+        ids, vals = _core.congruence(np.ascontiguousarray(model.W_out[layer]), U, None, 2, col_idx, col_val, i * M)
+        per_neuron.append((layer, ids, vals))
+    strings = token_strings(model)
+    rows = []
+    for i, (layer, ids, vals) in enumerate(per_neuron):
+        for n in range(M):
+            t = int(ids[n, 0])
+            if col_idx[t, 0] != i * M + n:
+                continue
+            ng = float(vals[n, 0] - vals[n, 1])
+            tg = float(col_val[t, 0] - col_val[t, 1]) if col_idx[t, 1] >= 0 else float("inf")
+            rows.append(dict(layer=layer, neuron=n, token_id=t, token=strings[t], congruence=float(vals[n, 0]),
+                             neuron_gap=ng, token_gap=tg, score=ng * tg))
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "token", "congruence", "neuron_gap", "token_gap", "score"])
+    return df.sort_values(["score", "layer", "neuron"], ascending=[False, True, True], kind="stable").head(top).reset_index(drop=True)
