@@ -1,0 +1,118 @@
+"""Next-token neurons against brute-force NumPy congruence (W_out[l] @ W_U) on random models."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import ctxlookup
+from ctxlookup import _core
+from ctxlookup.neurons import (default_layers, detect_glitch_tokens, mutual_exclusive_congruence, next_token_neurons,
+                               random_neurons)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return ctxlookup.Model.load(checkpoint("gpt2-tied-gelu_new")[0], tokenizer=False)
+
+
+def brute(model, layer, direction="unembed", allowed=None):
+    U = model.W_U if direction == "unembed" else model.W_E.T
+    C = model.W_out[layer].astype(np.float64) @ U.astype(np.float64)
+    if allowed is not None:
+        C[:, ~allowed] = -np.inf
+    return C
+
+
+def test_core_congruence_topk_and_ties():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((600, 16)).astype(np.float32)   # more rows than one block (256)
+    U = rng.standard_normal((77, 16)).astype(np.float32)
+    U[5] = U[9]  # an exact tie between tokens 5 and 9
+    allowed = np.ones(77, np.uint8)
+    allowed[3] = 0
+    ids, vals = _core.congruence(W, U, allowed, 4)
+    C = W.astype(np.float64) @ U.T.astype(np.float64)
+    C[:, 3] = -np.inf
+    want = np.argsort(-C, axis=1, kind="stable")[:, :4]
+    np.testing.assert_allclose(vals, np.take_along_axis(C, want, 1), rtol=1e-5, atol=1e-5)
+    assert np.all(ids != 3)
+    tie_rows = np.nonzero(np.isin(ids, [5, 9]).sum(1) == 2)[0]
+    for r in tie_rows:  # the smaller id first on a tie
+        row = list(ids[r])
+        assert row.index(5) < row.index(9)
+    assert (np.take_along_axis(C, ids.astype(np.int64), 1) >= np.take_along_axis(C, want, 1) - 1e-4).all()
+
+
+@pytest.mark.parametrize("direction", ["unembed", "embed"])
+def test_next_token_neurons_match_brute_force(model, direction):
+    df = next_token_neurons(model, layers=[1, 2], top_k=7, direction=direction, token_filter=None, exclude_glitch=False)
+    assert list(df.columns[:6]) == ["layer", "neuron", "token_id", "token", "congruence", "rank"]
+    for layer in (1, 2):
+        C = brute(model, layer, direction)
+        score = C.max(1)
+        want = np.argsort(-score, kind="stable")[:7]
+        got = df[df.layer == layer].sort_values("rank")
+        np.testing.assert_array_equal(got.neuron.to_numpy(), want)
+        np.testing.assert_array_equal(got.token_id.to_numpy(), C[want].argmax(1))
+        np.testing.assert_allclose(got.congruence.to_numpy(), score[want], rtol=1e-5, atol=1e-5)
+        top5 = np.stack(got.top_token_ids.to_numpy())
+        np.testing.assert_array_equal(top5, np.argsort(-C[want], axis=1, kind="stable")[:, :5])
+
+
+def test_defaults_and_errors(model):
+    assert default_layers(model) == ([0, 1, 2], 20)
+    with pytest.raises(ValueError, match="layer 3 is outside"):
+        next_token_neurons(model, layers=[3], token_filter=None)
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        next_token_neurons(model, layers=[1])
+    with pytest.raises(ValueError, match="direction"):
+        next_token_neurons(model, layers=[1], token_filter=None, direction="sideways")
+
+
+def test_random_neurons_seeded(model):
+    a = random_neurons(model, layers=[0, 2], n=5, seed=3, token_filter=None)
+    b = random_neurons(model, layers=[0, 2], n=5, seed=3, token_filter=None)
+    c = random_neurons(model, layers=[0, 2], n=5, seed=4, token_filter=None)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.neuron.equals(c.neuron)
+    assert a.groupby("layer").neuron.nunique().tolist() == [5, 5]
+    C = brute(model, 2)
+    r = a[a.layer == 2]
+    np.testing.assert_array_equal(r.token_id.to_numpy(), C[r.neuron.to_numpy()].argmax(1))
+
+
+def test_mutual_exclusive_congruence_brute_force(model):
+    df = mutual_exclusive_congruence(model, top=50, direction="embed")
+    C = np.concatenate([brute(model, l, "embed") for l in range(model.cfg.n_layers)])  # (L*M, V)
+    M = model.cfg.d_mlp
+    want = []
+    for g in range(C.shape[0]):
+        t = int(C[g].argmax())
+        if int(C[:, t].argmax()) != g:
+            continue
+        s_n = np.sort(C[g])[::-1]
+        s_t = np.sort(C[:, t])[::-1]
+        want.append((g // M, g % M, t, (s_n[0] - s_n[1]) * (s_t[0] - s_t[1])))
+    want.sort(key=lambda x: -x[3])
+    assert len(df) == min(50, len(want))
+    got = set(zip(df.layer, df.neuron, df.token_id))
+    assert got == {w[:3] for w in want[:len(df)]}
+    np.testing.assert_allclose(df.score.to_numpy(), [w[3] for w in want[:len(df)]], rtol=1e-3, atol=1e-5)
+
+
+def test_glitch_detection_flags_low_norm_and_padding(checkpoint, tmp_path):
+    from ctxlookup.io import random_checkpoint
+    import json
+    import shutil
+    from safetensors.numpy import load_file, save_file
+
+    folder = random_checkpoint(tmp_path / "m", arch="gpt2", n_layers=2, d_model=32, n_heads=4, d_vocab=300, n_ctx=16)
+    t = load_file(folder + "/model.safetensors")
+    E = t["transformer.wte.weight"]
+    E[[7, 123]] = E.mean(0) + 1e-3  # under-trained: at the centroid
+    save_file(t, folder + "/model.safetensors")
+    m = ctxlookup.Model.load(folder, tokenizer=False)
+    g = detect_glitch_tokens(m)
+    assert set(g[g.reason == "low_embedding_norm"].token_id) == {7, 123}
+    df = next_token_neurons(m, layers=[1], top_k=300 * 0 + 50, token_filter=None, exclude_glitch=True)
+    assert not df.token_id.isin([7, 123]).any()
+    assert set(df.attrs["excluded_tokens"].token_id) == {7, 123}
