@@ -1,0 +1,121 @@
+"""Head attribution, selection and ablation against brute force: dot products of run_with_cache's
+hook_result with W_in for both eligibility rules, the mean + 2 std (ddof=1) active rule, the
+selection thresholds at their edges, and ablation probabilities against a Python-hook ablation."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import ctxlookup
+from ctxlookup import _core
+from ctxlookup.attribution import ablate_heads, eligible_layers, head_attribution, select_heads
+
+
+def make_prompts(model, n=12, seed=0, bos=False):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        layer = int(rng.integers(0, model.cfg.n_layers))
+        rows.append(dict(layer=layer, neuron=int(rng.integers(0, model.cfg.d_mlp)), prompt_id=i,
+                         tokens=list(rng.integers(1, model.cfg.d_vocab, int(rng.integers(1, 20)))),
+                         token_id=int(rng.integers(0, model.cfg.d_vocab))))
+    df = pd.DataFrame(rows)
+    df.attrs["prepend_bos"] = bos
+    return df
+
+
+@pytest.fixture(scope="module", params=["gpt2-tied-gelu_new", "neox-parallel-rot0.25"])
+def model(request, checkpoint):
+    return ctxlookup.Model.load(checkpoint(request.param)[0], fold_ln=True, center_writing_weights=True, tokenizer=False)
+
+
+@pytest.mark.parametrize("rule", ["architecture", "authors"])
+def test_attribution_matches_hook_result_dot_w_in(model, rule):
+    prompts = make_prompts(model)
+    att = head_attribution(model, prompts, rule=rule, batch_tokens=40)  # several batches
+    H = model.cfg.n_heads
+    for p in prompts.itertuples():
+        toks = np.array(p.tokens)[None]
+        _, cache = model.run_with_cache(toks, pos="last", names_filter=lambda n: "hook_result" in n or "hook_post" in n)
+        w = model.W_in[p.layer][:, p.neuron].astype(np.float64)
+        n_el = p.layer + (0 if (model.cfg.parallel_attn_mlp or rule == "authors") else 1)
+        assert n_el == eligible_layers(model, p.layer, rule)
+        got = att[att.prompt_id == p.prompt_id]
+        assert len(got) == n_el * H
+        if n_el == 0:
+            continue
+        want = np.stack([cache[f"blocks.{k}.attn.hook_result"][0] @ w for k in range(n_el)])  # (n_el, H)
+        np.testing.assert_allclose(got.score.to_numpy(), want.reshape(-1), rtol=1e-4, atol=1e-4)
+        s = want.reshape(-1)
+        active = s > s.mean() + 2 * s.std(ddof=1)
+        np.testing.assert_array_equal(got.active.to_numpy(), active)
+        assert att.attrs["activation"][p.prompt_id] == pytest.approx(
+            float(cache[f"blocks.{p.layer}.mlp.hook_post"][0, p.neuron]), abs=1e-5)
+
+
+def test_select_heads_thresholds_at_their_edges():
+    rows = []
+    # 4 prompts; head (0, h) active on h of them: fractions 0, .25, .5, .75, 1
+    for pid in range(4):
+        for h in range(5):
+            rows.append(dict(layer=2, neuron=7, prompt_id=pid, head_layer=0, head=h, score=0.0, active=pid < h))
+    sel = select_heads(pd.DataFrame(rows))
+    assert sorted(sel["head"]) == [1, 2, 3]
+    assert sel.set_index("head").active_fraction.to_dict() == {1: 0.25, 2: 0.5, 3: 0.75}
+    assert (sel.n_prompts == 4).all()
+    assert sorted(select_heads(pd.DataFrame(rows), low=0.5, high=1.0)["head"]) == [2, 3, 4]
+    with pytest.raises(ValueError):
+        select_heads(pd.DataFrame(rows), low=0.8, high=0.2)
+
+
+def test_ablation_probabilities_match_python_hook(model):
+    prompts = make_prompts(model, n=6, seed=2)
+    prompts["layer"] = model.cfg.n_layers - 1
+    prompts["neuron"] = 3
+    att = head_attribution(model, prompts)
+    heads = pd.DataFrame([dict(layer=model.cfg.n_layers - 1, neuron=3, head_layer=0, head=1)])
+    res = ablate_heads(model, prompts, heads, attribution=att)
+    assert len(res) == 6
+    for r in res.itertuples():
+        p = prompts[prompts.prompt_id == r.prompt_id].iloc[0]
+        toks = np.array(p.tokens)[None]
+
+        def zero(z, hook):
+            z[:, :, 1] = 0
+
+        for kw, col in (({}, "p_clean"), ({"fwd_hooks": [("blocks.0.attn.hook_z", zero)]}, "p_ablated")):
+            lg = model.run_with_hooks(toks, **kw)[0, -1].astype(np.float64)
+            pr = np.exp(lg - lg.max())
+            pr /= pr.sum()
+            assert getattr(r, col) == pytest.approx(pr[p.token_id], rel=1e-4, abs=1e-7)
+        assert r.active == bool(att[(att.prompt_id == r.prompt_id) & (att.head_layer == 0) & (att["head"] == 1)].active.iloc[0])
+
+
+def test_scanner_matches_brute_force_topk_with_ties(model):
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, model.cfg.d_vocab, int(rng.integers(1, 30))) for _ in range(40)]
+    docs[7] = docs[3].copy()  # identical documents tie exactly: the smaller doc id ranks first
+    layers = np.array([0, model.cfg.n_layers - 1, model.cfg.n_layers - 1], np.int32)
+    neurons = np.array([5, 0, 11], np.int32)
+    k = 6
+    sc = _core.Scanner(layers, neurons, model.cfg.d_mlp, k)
+    for b0 in range(0, 40, 9):  # several batches
+        chunk = docs[b0:b0 + 9]
+        _core.scan_batch(model._core, sc, np.concatenate(chunk).astype(np.int32),
+                         np.array([len(d) for d in chunk], np.int32), np.arange(b0, b0 + len(chunk), dtype=np.int64), 1)
+    st = sc.state()
+    for j, (l, n) in enumerate(zip(layers, neurons)):
+        cand = []
+        for d, toks in enumerate(docs):
+            if len(toks) <= 1:
+                continue
+            _, cache = model.run_with_cache(toks[None], names_filter=f"blocks.{l}.mlp.hook_post")
+            a = cache[f"blocks.{l}.mlp.hook_post"][0, 1:, n]
+            cand.append((-float(a.max()), d, int(a.argmax()) + 1))
+        cand.sort()
+        want = cand[:k]
+        assert st["count"][j] == min(k, len(cand))
+        np.testing.assert_array_equal(st["doc"][j][:len(want)], [w[1] for w in want])
+        np.testing.assert_array_equal(st["pos"][j][:len(want)], [w[2] for w in want])
+        np.testing.assert_allclose(st["act"][j][:len(want)], [-w[0] for w in want], atol=1e-5)
+    if 3 in st["doc"][0] and 7 in st["doc"][0]:
+        assert list(st["doc"][0]).index(3) < list(st["doc"][0]).index(7)
