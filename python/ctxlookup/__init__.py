@@ -1,6 +1,24 @@
-"""ctxlookup: interpreting context look-ups in transformers, on a fast, exact C core."""
+"""ctxlookup: interpreting context look-ups in transformers, on a fast, exact C core.
+
+The method of "Interpreting Context Look-ups in Transformers" (Neo, Cohen, Barez, EMNLP 2024):
+next-token neurons (:func:`next_token_neurons`), their max-activating prompts
+(:func:`max_activating`, :func:`truncate`), the attention heads that drive them
+(:func:`head_attribution`, :func:`select_heads`) and the ablation check (:func:`ablate_heads`);
+plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`.
+"""
 from ._core import FormatError, get_num_threads, set_num_threads
-from .model import Model
+from .anneuron import activation_patching, activation_vs_prediction, logit_lens
+from .attribution import ablate_heads, head_attribution, select_heads
+from .corpus import Corpus, CorpusError, Document
+from .model import ActivationCache, Model, get_act_name
+from .neurons import detect_glitch_tokens, mutual_exclusive_congruence, next_token_neurons, random_neurons
+from .search import max_activating, truncate
 
 __version__ = "0.1.0"
-__all__ = ["Model", "FormatError", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = [
+    "Model", "ActivationCache", "get_act_name", "FormatError", "set_num_threads", "get_num_threads",
+    "Corpus", "CorpusError", "Document",
+    "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
+    "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",
+    "logit_lens", "activation_patching", "activation_vs_prediction", "__version__",
+]
