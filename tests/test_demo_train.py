@@ -1,0 +1,43 @@
+"""The demo-model trainer: a run stopped and resumed equals an uninterrupted one, and the export
+loads in ctxlookup with the numbers transformers gives (tiny settings, a few seconds)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ctxlookup
+from conftest import ATOL, SHARED
+from ctxlookup.demo import train
+
+TINY = ["--data", str(SHARED / "data" / "corpus"), "--max-docs", "60", "--vocab", "400", "--layers", "2",
+        "--d-model", "32", "--heads", "4", "--n-ctx", "32", "--batch", "4", "--eval-every", "6",
+        "--checkpoint-every", "3", "--threads", "1", "--warmup", "2"]
+
+
+def test_resume_is_exact_and_export_loads(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.main(TINY + ["--work", str(a), "--out", str(a / "out"), "--steps", "12"]) == 0
+    assert train.main(TINY + ["--work", str(b), "--out", str(b / "out"), "--steps", "12", "--stop-after", "7"]) == 3
+    assert train.main(TINY + ["--work", str(b), "--out", str(b / "out"), "--steps", "12"]) == 0
+    la = json.loads((a / "out" / "training.json").read_text())
+    lb = json.loads((b / "out" / "training.json").read_text())
+    assert [e["train_loss"] for e in la["log"]] == [e["train_loss"] for e in lb["log"]]
+    assert la["final_heldout_loss"] == lb["final_heldout_loss"]
+    card = (a / "out" / "README.md").read_text()
+    assert "seed 1234" in card and "held-out loss" in card and "python -m ctxlookup.demo.train" in card
+    # the export: float16 weights, loaded by ctxlookup and transformers alike
+    import transformers
+
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(a / "out"), torch_dtype=torch.float32).eval()
+    model = ctxlookup.Model.load(a / "out", tokenizer=False)
+    toks = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (2, 20))
+    with torch.no_grad():
+        want = hf(torch.tensor(toks)).logits.numpy()
+    assert np.abs(model(toks) - want).max() < ATOL
+
+
+def test_only_allowed_sources():
+    assert not train.allowed({"source": "lambada:12"}) and not train.allowed({"source": "tinyshakespeare:3"})
+    assert not train.allowed({"source": "wikitext-2:valid/1"})
+    assert train.allowed({"source": "sotu:1790_george_washington_n"}) and train.allowed({"source": "moby-dick:chapter_1"})
