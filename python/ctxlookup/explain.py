@@ -1,0 +1,254 @@
+"""Explanations of attention heads and their scores (METHOD §5).
+
+Heads active on 25-75% of a neuron's prompts are explained: an LLM sees the neuron's prompts split
+into active and inactive ones (each with the neuron's token appended) and writes when the head is
+active (the paper's Fig. 8 prompt, ``max_tokens=200``). Each explanation is scored by zero-shot
+classification of held-out test prompts (Fig. 9, one prompt per request, ``max_tokens=1``,
+Yes/No) against the head's real activity: ``E = (TPR + TNR) / 2`` (default; the paper's printed
+PPV/NPV mean is the secondary column ``E_ppv_npv``).
+
+Any client with ``complete_many(messages_list, max_tokens=..., temperature=..., stage=...)``
+works: :class:`ctxlookup.llm.Client` (OpenAI-compatible servers) or :class:`OfflineExplainer`, a
+deterministic, network-free baseline that answers the same prompts by contrasting the n-grams of
+active and inactive examples.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["EXPLAIN_TEMPLATE", "CLASSIFY_TEMPLATE", "explain_heads", "score_explanations", "parse_yes_no",
+           "OfflineExplainer", "build_explain_prompt", "build_classify_prompt"]
+
+EXPLAIN_TEMPLATE = (
+    "We are studying attention heads in a transformer architecture neural network. Each attention head looks for "
+    "some particular thing in a short document.\n"
+    "This attention head in particular helps to predict that the next token is \"{token}\", but it is only active "
+    "in some documents and not others.\n"
+    "Look at the documents and explain what makes the attention head active, taking into consideration the "
+    "inactive examples.\n"
+    "Examples where the attention head is active:\n"
+    "\"\"\"\n"
+    "{active}\n"
+    "\"\"\"\n"
+    "Examples where the attention head is inactive:\n"
+    "\"\"\"\n"
+    "{inactive}\n"
+    "\"\"\"\n"
+    "In two to three sentences, suggest when the attention head is active."
+)
+
+CLASSIFY_TEMPLATE = (
+    "{explanation}\n"
+    "Is the given example an active example? (Yes/No)\n"
+    "\n"
+    "Example: \"\"\"\n"
+    "{example}{token}\n"
+    "\"\"\"\n"
+    "Answer: "
+)
+
+
+def build_explain_prompt(token: str, active: Sequence[str], inactive: Sequence[str], template: str = EXPLAIN_TEMPLATE) -> str:
+    """The Fig. 8 prompt; each example is shown as ``*{prompt}{token}`` on its own line."""
+    return template.format(token=token.strip() if token else token,
+                           active="\n".join(f"*{p}{token}" for p in active),
+                           inactive="\n".join(f"*{p}{token}" for p in inactive))
+
+
+def build_classify_prompt(explanation: str, example: str, token: str, template: str = CLASSIFY_TEMPLATE) -> str:
+    return template.format(explanation=explanation, example=example, token=token)
+
+
+_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def parse_yes_no(answer: Optional[str]) -> Optional[bool]:
+    """``True`` for Yes, ``False`` for No (any case, spacing or punctuation), None otherwise."""
+    if not isinstance(answer, str):
+        return None
+    m = _YES_NO.match(answer.strip())
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+def _messages(text: str) -> list:
+    return [{"role": "user", "content": text}]
+
+
+def _pairs(heads: pd.DataFrame):
+    for h in heads.itertuples(index=False):
+        yield int(h.layer), int(h.neuron), int(h.head_layer), int(h.head)
+
+
+def explain_heads(selected_heads: pd.DataFrame, prompts: pd.DataFrame, attribution: pd.DataFrame, explainer,
+                  max_tokens: int = 200, temperature: float = 0.0, template: str = EXPLAIN_TEMPLATE,
+                  stage: str = "explain") -> pd.DataFrame:
+    """One explanation per selected neuron-head pair.
+
+    ``prompts``: the truncated prompts (``layer, neuron, prompt_id, text, token``); ``attribution``:
+    :func:`ctxlookup.head_attribution` on them. Returns ``[layer, neuron, head_layer, head, token,
+    n_active, n_inactive, prompt, explanation, error]``.
+    """
+    active = attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
+    by_neuron = {k: g for k, g in prompts.groupby(["layer", "neuron"], sort=False)}
+    jobs, meta = [], []
+    for layer, neuron, hl, h in _pairs(selected_heads):
+        g = by_neuron.get((layer, neuron))
+        if g is None:
+            continue
+        token = g["token"].iloc[0] if "token" in g.columns else ""
+        act = [t for pid, t in zip(g.prompt_id, g.text) if bool(active.get((pid, hl, h), False))]
+        ina = [t for pid, t in zip(g.prompt_id, g.text) if not bool(active.get((pid, hl, h), False))]
+        text = build_explain_prompt(token, act, ina, template)
+        jobs.append(_messages(text))
+        meta.append((layer, neuron, hl, h, token, len(act), len(ina), text))
+    results = explainer.complete_many(jobs, max_tokens=max_tokens, temperature=temperature, stage=stage) if jobs else []
+    rows = []
+    for m, r in zip(meta, results):
+        rows.append(m + (r.content if r.error is None else None, r.error))
+    return pd.DataFrame(rows, columns=["layer", "neuron", "head_layer", "head", "token", "n_active", "n_inactive",
+                                       "prompt", "explanation", "error"])
+
+
+def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, test_attribution: pd.DataFrame,
+                       classifier, template: str = CLASSIFY_TEMPLATE, stage: str = "classify") -> pd.DataFrame:
+    """Score each explanation on the neuron's test prompts.
+
+    Returns the explanations with ``n_test, TP, FP, TN, FN, n_unparsed, TPR, TNR, E, PPV, NPV,
+    E_ppv_npv, one_class``. Heads whose test prompts are all of one class get NaN scores and
+    ``one_class=True`` (left out of statistics); answers that are not Yes/No are counted in
+    ``n_unparsed`` and left out of the confusion counts, never guessed.
+    """
+    active = test_attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
+    by_neuron = {k: g for k, g in test_prompts.groupby(["layer", "neuron"], sort=False)}
+    jobs, owners = [], []
+    for i, e in enumerate(explanations.itertuples(index=False)):
+        if not isinstance(e.explanation, str):
+            continue
+        g = by_neuron.get((e.layer, e.neuron))
+        if g is None:
+            continue
+        for pid, text in zip(g.prompt_id, g.text):
+            jobs.append(_messages(build_classify_prompt(e.explanation, text, e.token, template)))
+            owners.append((i, bool(active.get((pid, e.head_layer, e.head), False))))
+    results = classifier.complete_many(jobs, max_tokens=1, temperature=0.0, stage=stage) if jobs else []
+    stats = [dict(n_test=0, TP=0, FP=0, TN=0, FN=0, n_unparsed=0) for _ in range(len(explanations))]
+    for (i, truth), r in zip(owners, results):
+        s = stats[i]
+        s["n_test"] += 1
+        pred = parse_yes_no(r.content) if r.error is None else None
+        if pred is None:
+            s["n_unparsed"] += 1
+        elif pred and truth:
+            s["TP"] += 1
+        elif pred and not truth:
+            s["FP"] += 1
+        elif truth:
+            s["FN"] += 1
+        else:
+            s["TN"] += 1
+    out = explanations.copy()
+    for k in ("n_test", "TP", "FP", "TN", "FN", "n_unparsed"):
+        out[k] = [s[k] for s in stats]
+    pos, neg = out.TP + out.FN, out.TN + out.FP
+    out["one_class"] = (pos == 0) | (neg == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["TPR"] = np.where(pos > 0, out.TP / pos.where(pos > 0, 1), np.nan)
+        out["TNR"] = np.where(neg > 0, out.TN / neg.where(neg > 0, 1), np.nan)
+        out["E"] = np.where(out.one_class, np.nan, (out.TPR + out.TNR) / 2)
+        pp, pn = out.TP + out.FP, out.TN + out.FN
+        out["PPV"] = np.where(pp > 0, out.TP / pp.where(pp > 0, 1), np.nan)
+        out["NPV"] = np.where(pn > 0, out.TN / pn.where(pn > 0, 1), np.nan)
+        out["E_ppv_npv"] = np.where(out.one_class, np.nan, (out.PPV + out.NPV) / 2)
+    return out
+
+
+# --------------------------------------------------------------------------- offline baseline
+_WORD = re.compile(r"[A-Za-z0-9_']+")
+
+
+def _ngrams(text: str, n_max: int = 2) -> set:
+    words = [w.lower() for w in _WORD.findall(text)]
+    out = set(words)
+    for n in range(2, n_max + 1):
+        out.update(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return out
+
+
+@dataclass
+class _Result:
+    content: Optional[str]
+    error: Optional[str] = None
+    cached: bool = False
+    usage: Optional[dict] = None
+
+
+class OfflineExplainer:
+    """A deterministic, network-free stand-in for the LLM, answering the same two prompts.
+
+    Explanation: the n-grams (words and word pairs) whose document frequency among active
+    examples most exceeds that among inactive ones (up to ``n_features``, each at least half as
+    discriminative as the best), written as
+    ``The head is active when the document contains "a", "b" or "c".``. Classification: Yes if
+    the example contains any quoted n-gram of the explanation, else No. It is the baseline the
+    LLM's scores are compared with.
+    """
+
+    name = "offline"
+
+    def __init__(self, n_features: int = 3, n_max: int = 2):
+        self.n_features, self.n_max = n_features, n_max
+        self.usage = Counter()
+
+    def complete_many(self, messages_list, max_tokens: int = 200, temperature: float = 0.0, stage: str = "", **kw):
+        out = []
+        for messages in messages_list:
+            text = messages[-1]["content"]
+            self.usage[stage] += 1
+            out.append(_Result(self._answer(text)))
+        return out
+
+    def _answer(self, text: str) -> str:
+        if "Examples where the attention head is active:" in text:
+            return self._explain(text)
+        if "Is the given example an active example?" in text:
+            return self._classify(text)
+        return "I cannot answer that."
+
+    @staticmethod
+    def _section(text: str, header: str) -> list:
+        m = re.search(re.escape(header) + r'\n"""\n(.*?)\n?"""', text, re.DOTALL)
+        if not m:
+            return []
+        return [line[1:] for line in m.group(1).split("\n") if line.startswith("*")]
+
+    def _explain(self, text: str) -> str:
+        act = self._section(text, "Examples where the attention head is active:")
+        ina = self._section(text, "Examples where the attention head is inactive:")
+        fa, fi = Counter(), Counter()
+        for p in act:
+            fa.update(_ngrams(p, self.n_max))
+        for p in ina:
+            fi.update(_ngrams(p, self.n_max))
+        na, ni = max(len(act), 1), max(len(ina), 1)
+        scored = sorted(((fa[g] / na - fi[g] / ni, -len(g), g) for g in fa), reverse=True)
+        best = scored[0][0] if scored else 0.0
+        feats = [g for s, _, g in scored if s > 0 and s >= 0.5 * best][: self.n_features]
+        if not feats:
+            return "The head is active on no particular feature that distinguishes the examples."
+        quoted = ", ".join(f'"{f}"' for f in feats[:-1]) + (" or " if len(feats) > 1 else "") + f'"{feats[-1]}"'
+        return f"The head is active when the document contains {quoted}."
+
+    def _classify(self, text: str) -> str:
+        expl, _, rest = text.partition("\nIs the given example an active example?")
+        feats = re.findall(r'"([^"]+)"', expl)
+        m = re.search(r'Example: """\n(.*)\n"""', rest, re.DOTALL)
+        example = m.group(1) if m else ""
+        grams = _ngrams(example, self.n_max)
+        return "Yes" if any(f in grams for f in feats) else "No"

@@ -1,0 +1,86 @@
+"""Explanations and scores: the paper's prompts exactly, Yes/No parsing, the confusion counts,
+TPR/TNR/E against hand-computed values (including one-class and no-prediction edge cases), and
+the offline explainer end to end."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctxlookup.explain import (CLASSIFY_TEMPLATE, OfflineExplainer, build_classify_prompt, build_explain_prompt,
+                               explain_heads, parse_yes_no, score_explanations)
+
+
+def test_prompts_are_the_papers():
+    p = build_explain_prompt(" an", ["I ate", "She saw"], ["He was"])
+    assert p.startswith("We are studying attention heads in a transformer architecture neural network.")
+    assert 'predict that the next token is "an", but it is only active' in p
+    assert '"""\n*I ate an\n*She saw an\n"""\nExamples where the attention head is inactive:\n"""\n*He was an\n"""' in p
+    assert p.endswith("In two to three sentences, suggest when the attention head is active.")
+    c = build_classify_prompt("Active on food.", "I ate", " an")
+    assert c == 'Active on food.\nIs the given example an active example? (Yes/No)\n\nExample: """\nI ate an\n"""\nAnswer: '
+
+
+@pytest.mark.parametrize("ans,want", [("Yes", True), ("yes.", True), (" YES!", True), ("No", False), ("no,", False),
+                                      ("\nNo", False), ("Maybe", None), ("", None), (None, None), ("Yesterday", None),
+                                      ("Not sure", None)])
+def test_parse_yes_no(ans, want):
+    assert parse_yes_no(ans) is want
+
+
+class Scripted:
+    """A fake client answering from a table: prompt example -> answer."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def complete_many(self, messages_list, **kw):
+        from ctxlookup.explain import _Result
+        out = []
+        for m in messages_list:
+            ex = m[-1]["content"].split('Example: """\n')[1].split("\n")[0]
+            out.append(_Result(self.answers[ex]))
+        return out
+
+
+def _tables():
+    expl = pd.DataFrame([dict(layer=1, neuron=2, head_layer=0, head=3, token=" an", explanation="E1"),
+                         dict(layer=1, neuron=2, head_layer=0, head=4, token=" an", explanation="E2")])
+    tp = pd.DataFrame([dict(layer=1, neuron=2, prompt_id=i, text=f"p{i}") for i in range(6)])
+    # head 3 active on p0, p1, p2; head 4 active on none (one class)
+    att = pd.DataFrame([dict(prompt_id=i, head_layer=0, head=h, active=(h == 3 and i < 3)) for i in range(6) for h in (3, 4)])
+    return expl, tp, att
+
+
+def test_scores_hand_computed_and_edge_cases():
+    expl, tp, att = _tables()
+    # predictions: p0 Yes (TP), p1 No (FN), p2 yes (TP), p3 Yes (FP), p4 No (TN), p5 garbage (unparsed)
+    answers = {"p0 an": "Yes", "p1 an": "No", "p2 an": "yes", "p3 an": "Yes", "p4 an": "No", "p5 an": "Perhaps"}
+    out = score_explanations(expl, tp, att, Scripted(answers))
+    r = out.iloc[0]
+    assert (r.TP, r.FN, r.FP, r.TN, r.n_unparsed, r.n_test) == (2, 1, 1, 1, 1, 6)
+    assert r.TPR == pytest.approx(2 / 3) and r.TNR == pytest.approx(1 / 2) and r.E == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert r.PPV == pytest.approx(2 / 3) and r.NPV == pytest.approx(1 / 2)
+    assert r.E_ppv_npv == pytest.approx((2 / 3 + 1 / 2) / 2) and not r.one_class
+    s = out.iloc[1]  # all test prompts inactive: one class, left out
+    assert s.one_class and np.isnan(s.E) and np.isnan(s.TPR) and s.TNR == pytest.approx(2 / 5)
+    none_yes = score_explanations(expl, tp, att, Scripted({k: "No" for k in answers}))
+    r = none_yes.iloc[0]  # no positive predictions: PPV undefined, E still defined
+    assert np.isnan(r.PPV) and r.TPR == 0 and r.TNR == 1 and r.E == pytest.approx(0.5)
+
+
+def test_offline_explainer_end_to_end():
+    prompts = pd.DataFrame([dict(layer=1, neuron=2, prompt_id=i, text=t, token=" an")
+                            for i, t in enumerate(["she ate an apple", "he ate a pear", "they ate grapes",
+                                                   "the sky is blue", "rain falls down", "wind blows"])])
+    att = pd.DataFrame([dict(prompt_id=i, head_layer=0, head=1, active=i < 3) for i in range(6)])
+    heads = pd.DataFrame([dict(layer=1, neuron=2, head_layer=0, head=1)])
+    off = OfflineExplainer()
+    ex = explain_heads(heads, prompts, att, off)
+    assert ex.explanation.iloc[0] == 'The head is active when the document contains "ate".'
+    assert ex.n_active.iloc[0] == 3 and ex.n_inactive.iloc[0] == 3 and ex.error.iloc[0] is None
+    test = pd.DataFrame([dict(layer=1, neuron=2, prompt_id=10 + i, text=t, token=" an")
+                         for i, t in enumerate(["we ate rice", "snow is cold", "I ate", "cats sleep"])])
+    tatt = pd.DataFrame([dict(prompt_id=10 + i, head_layer=0, head=1, active=i in (0, 2, 3)) for i in range(4)])
+    sc = score_explanations(ex, test, tatt, off)
+    r = sc.iloc[0]
+    assert (r.TP, r.FN, r.TN, r.FP) == (2, 1, 1, 0) and r.E == pytest.approx((2 / 3 + 1) / 2)
+    assert off.usage == {"explain": 1, "classify": 4}
