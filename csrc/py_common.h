@@ -32,6 +32,7 @@ int clpy_path_converter(PyObject *obj, void *out);
 
 int clpy_model_register(PyObject *m);
 int clpy_analysis_register(PyObject *m);
+int clpy_http_register(PyObject *m);
 
 /* The cl_model of a ctxlookup._core.Model (borrowed), or NULL with TypeError set. */
 const void *clpy_model_ptr(PyObject *obj);

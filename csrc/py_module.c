@@ -4,6 +4,7 @@
 #include "py_common.h"
 
 #include <cblas.h>
+#include <curl/curl.h>
 #include <omp.h>
 #include <stdlib.h>
 
@@ -70,6 +71,15 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
+    static int curl_ready = 0; /* curl_global_init once per process, before any thread uses libcurl */
+    if (!curl_ready) {
+        CURLcode cc = curl_global_init(CURL_GLOBAL_DEFAULT);
+        if (cc) {
+            PyErr_Format(PyExc_ImportError, "ctxlookup: libcurl could not be initialised: %s", curl_easy_strerror(cc));
+            return NULL;
+        }
+        curl_ready = 1;
+    }
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     clpy_FormatError = PyErr_NewExceptionWithDoc(
@@ -78,6 +88,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (!clpy_FormatError || PyModule_AddObjectRef(m, "FormatError", clpy_FormatError) < 0) goto fail;
     if (clpy_model_register(m) < 0) goto fail;
     if (clpy_analysis_register(m) < 0) goto fail;
+    if (clpy_http_register(m) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

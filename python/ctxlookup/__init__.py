@@ -6,6 +6,7 @@ next-token neurons (:func:`next_token_neurons`), their max-activating prompts
 (:func:`head_attribution`, :func:`select_heads`) and the ablation check (:func:`ablate_heads`);
 plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`.
 """
+from . import llm
 from ._core import FormatError, get_num_threads, set_num_threads
 from .anneuron import activation_patching, activation_vs_prediction, logit_lens
 from .attribution import ablate_heads, head_attribution, select_heads

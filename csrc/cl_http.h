@@ -1,0 +1,104 @@
+/* cl_http.h: many HTTP POSTs in flight at once (libcurl multi interface), with a request- and
+ * token-per-minute limiter, a per-attempt timeout, and retries with exponential backoff and
+ * jitter on 408/409/429/5xx, connection failures, resets and timeouts, honouring Retry-After.
+ * Knows nothing of JSON or of any model API: a caller's check callback decides whether a 2xx
+ * body is usable, and a done callback receives each request's outcome as soon as it is final.
+ * curl_global_init must have been called once before (the Python module does it). */
+#ifndef CL_HTTP_H
+#define CL_HTTP_H
+
+#include "cl_common.h"
+
+typedef struct {
+    int concurrency;          /* attempts in flight at most (>= 1) */
+    double rpm;               /* attempts started per minute at most; 0 = no limit */
+    double tpm;               /* tokens per minute, by each request's `tokens` estimate; 0 = no limit */
+    double timeout_s;         /* whole-attempt timeout (connect, send, wait, receive); 0 = none */
+    double connect_timeout_s; /* 0 = libcurl's default */
+    int max_retries;          /* attempts after the first, at most (>= 0) */
+    double backoff_base_s;    /* first retry waits base * [0.5, 1), doubling on each later one */
+    double backoff_max_s;     /* cap on one backoff wait */
+    double retry_after_max_s; /* a Retry-After longer than this ends the request as failed */
+    uint64_t seed;            /* jitter generator; 0 = seeded from the clock */
+} cl_http_opts;
+
+/* The defaults used when a caller has no opinion (the Python Client's defaults too). */
+cl_http_opts cl_http_opts_default(void);
+
+typedef struct {
+    const char *url;
+    const char *body; /* POSTed as is; must stay valid during cl_http_run */
+    size_t body_len;
+    double tokens;    /* cost against opts.tpm (estimate: prompt + max completion tokens) */
+} cl_http_req;
+
+/* Outcome of one request: the last attempt's response (or failure). */
+typedef struct {
+    int ok;               /* 1: a 2xx response the check accepted; 0: failed after retries */
+    long status;          /* HTTP status of the last attempt; 0 when no response came */
+    const char *body;     /* the last response body, NUL-terminated (never NULL); valid during the callback */
+    size_t body_len;
+    int attempts;         /* attempts made, >= 1 */
+    int curl_code;        /* CURLcode of the last attempt; 0 when a response came */
+    double retry_after_s; /* the last response's Retry-After / retry-after-ms; < 0 when absent */
+    double seconds;       /* first start to the end of the last attempt */
+    char error[256];      /* why the last attempt failed: curl's message, the check's reason, or a refused
+                             Retry-After; empty for a plain HTTP status */
+} cl_http_result;
+
+/* Verdict of a check callback on a 2xx response. */
+enum { CL_HTTP_ACCEPT = 0, CL_HTTP_RETRY = 1 };
+
+/* Called (GIL or not: no locking is done) for every 2xx response before it is accepted; return
+ * CL_HTTP_RETRY and a reason in `why` to treat the response as transient (a truncated or
+ * malformed body). May be NULL: every 2xx is accepted. */
+typedef int (*cl_http_check_fn)(void *ctx, size_t i, const cl_http_result *r, char *why, size_t why_len);
+
+/* Called once per request when it is final (accepted, or failed after retries), in completion
+ * order, from the thread that called cl_http_run. A non-OK return stops the whole run with that
+ * status (the callback fills err). */
+typedef cl_status (*cl_http_done_fn)(void *ctx, size_t i, const cl_http_result *r, cl_error *err);
+
+/* Limiter state carried from one run to the next, so that many small runs (one request each,
+ * say) together still keep opts.rpm / opts.tpm. Times are CLOCK_MONOTONIC seconds (Python's
+ * time.monotonic on Linux); all zero for a fresh limiter. */
+typedef struct {
+    double rpm_next;    /* when the next attempt may start under opts.rpm */
+    double tpm_next;    /* ... under opts.tpm */
+    double pause_until; /* a 429 with Retry-After pauses every start until then */
+} cl_http_limiter;
+
+typedef struct {
+    const cl_http_req *reqs;
+    size_t n;
+    const char *const *headers; /* "Name: value" lines sent with every request; n_headers of them */
+    size_t n_headers;
+    cl_http_check_fn check;
+    cl_http_done_fn done;
+    void *ctx;
+    cl_cancel cancel;         /* checked between polling rounds, at most every 50 ms */
+    cl_http_limiter *limiter; /* in/out; NULL = a fresh limiter for this run only */
+} cl_http_batch;
+
+typedef struct {
+    long attempts;          /* attempts started */
+    long retries;           /* attempts after a request's first */
+    long failed;            /* requests that ended in failure */
+    long transport_errors;  /* attempts that got no HTTP response */
+    long rate_limited;      /* 429 responses */
+    long server_errors;     /* 5xx responses */
+    long rejected;          /* 2xx responses the check refused */
+    int max_in_flight;
+    double seconds;
+} cl_http_stats;
+
+/* Run the batch to completion. Per-request failures go to `done` (not an error here). Errors:
+ * CL_EINVAL (bad options or request), CL_ENOMEM, CL_EHTTP (libcurl could not be set up),
+ * CL_ECANCELLED (cancel callback), or whatever `done` returned. `stats` may be NULL. Secrets in
+ * headers are wiped from libcurl's copies before they are freed. */
+cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_http_stats *stats, cl_error *err);
+
+/* Retry-After value (delta-seconds or an HTTP-date) -> seconds from now; < 0 if unparseable. */
+double cl_http_parse_retry_after(const char *value);
+
+#endif
