@@ -1,0 +1,60 @@
+"""Statistics against scipy and hand-computed values on fixed arrays; figures are written."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ctxlookup.stats import ablation_comparison, figure5, figure6, score_statistics, subset_counts
+
+
+def test_score_statistics_against_scipy():
+    s = np.array([0.5, 0.6, 0.9, 0.75, 0.55, 1.0, 0.95, 0.7, np.nan, 0.65])
+    b = np.array([0.5, 0.45, 0.55, 0.5, 0.6, 0.5])
+    r = score_statistics(s, b).iloc[0]
+    v = s[~np.isnan(s)]
+    assert r.n_heads == 9 and r["mean"] == pytest.approx(v.mean()) and r["std"] == pytest.approx(v.std(ddof=1))
+    assert r["skew"] == pytest.approx(stats.skew(v))
+    t = stats.skewtest(v, alternative="greater")
+    assert r.skewtest_z == pytest.approx(t.statistic) and r.skewtest_p == pytest.approx(t.pvalue)
+    k = stats.ks_2samp(v, b)
+    assert r.ks_D == pytest.approx(k.statistic) and r.ks_p == pytest.approx(k.pvalue)
+    small = score_statistics([0.5, 0.7]).iloc[0]  # too few for skew / skewtest; no baseline
+    assert small.n_heads == 2 and np.isnan(small["skew"]) and np.isnan(small.skewtest_p) and np.isnan(small.ks_D)
+    empty = score_statistics([np.nan]).iloc[0]
+    assert empty.n_heads == 0 and np.isnan(empty["mean"])
+
+
+def test_subset_counts_table4():
+    prompts = pd.DataFrame(dict(prompt_id=[0, 1, 2, 3], subset=["code", "code", "email", "bible"]))
+    att = pd.DataFrame([dict(layer=1, neuron=2, prompt_id=p, head_layer=0, head=h, active=a)
+                        for p, h, a in [(0, 0, True), (1, 0, True), (2, 0, False), (3, 0, True),
+                                        (0, 1, True), (1, 1, True), (2, 1, False), (3, 1, False)]])
+    heads = pd.DataFrame([dict(layer=1, neuron=2, head_layer=0, head=0), dict(layer=1, neuron=2, head_layer=0, head=1)])
+    t = subset_counts(prompts, att, heads)
+    assert t.n_subsets.tolist() == [2, 1] and t.subsets.iloc[0] == ["bible", "code"]
+    assert t.attrs["histogram"].to_dict() == {1: 1, 2: 1}
+    assert subset_counts(prompts, att, heads, which="all").n_subsets.tolist() == [3, 3]
+
+
+def test_ablation_comparison_and_ks():
+    rows = []
+    for h in range(4):
+        for p in range(4):
+            rows.append(dict(layer=1, neuron=0, head_layer=0, head=h, prompt_id=p, active=p < 2,
+                             decrease=(0.3 + 0.05 * h) if p < 2 else 0.01 * h))
+    c = ablation_comparison(pd.DataFrame(rows))
+    np.testing.assert_allclose(c.mean_decrease_active, [0.3, 0.35, 0.4, 0.45])
+    np.testing.assert_allclose(c.mean_decrease_inactive, [0.0, 0.01, 0.02, 0.03])
+    k = stats.ks_2samp([0.3, 0.35, 0.4, 0.45], [0.0, 0.01, 0.02, 0.03])
+    assert c.attrs["ks"]["D"] == pytest.approx(k.statistic) and c.attrs["ks"]["p"] == pytest.approx(k.pvalue)
+    with pytest.raises(ValueError, match="active"):
+        ablation_comparison(pd.DataFrame(rows).assign(active=None))
+
+
+def test_figures_are_written(tmp_path):
+    p5 = figure5([0.5, 0.7, 0.9], [0.5, 0.55], path_base=str(tmp_path / "fig5"))
+    c = ablation_comparison(pd.DataFrame([dict(layer=1, neuron=0, head_layer=0, head=0, prompt_id=0, active=True, decrease=0.2),
+                                          dict(layer=1, neuron=0, head_layer=0, head=0, prompt_id=1, active=False, decrease=0.0)]))
+    p6 = figure6(c, path_base=str(tmp_path / "fig6"))
+    for p in p5 + p6:
+        assert (tmp_path / p.split("/")[-1]).stat().st_size > 1000
