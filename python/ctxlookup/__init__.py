@@ -14,6 +14,8 @@ from .corpus import Corpus, CorpusError, Document
 from .model import ActivationCache, Model, get_act_name
 from .neurons import detect_glitch_tokens, mutual_exclusive_congruence, next_token_neurons, random_neurons
 from .search import max_activating, truncate
+from .explain import OfflineExplainer, explain_heads, score_explanations
+from .replicate import replicate
 
 __version__ = "0.1.0"
 __all__ = [
@@ -21,5 +23,6 @@ __all__ = [
     "Corpus", "CorpusError", "Document",
     "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
     "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",
-    "logit_lens", "activation_patching", "activation_vs_prediction", "__version__",
+    "logit_lens", "activation_patching", "activation_vs_prediction", "explain_heads", "score_explanations",
+    "OfflineExplainer", "replicate", "llm", "__version__",
 ]

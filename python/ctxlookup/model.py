@@ -164,6 +164,25 @@ class Model:
             tok = _load_tokenizer(path)
         return cls(core, tokenizer=tok, path=path)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: Union[str, os.PathLike], **load_options) -> "Model":
+        """A model by name or path: a local checkpoint folder, or ``"demo"`` (the small GPT-2
+        bundled with the package). Options as :meth:`load`.
+
+        Downloading Hugging Face Hub repositories is not available in this version: a name that
+        is neither raises FileNotFoundError saying so."""
+        name = os.fspath(name_or_path)
+        if os.path.isdir(name):
+            return cls.load(name, **load_options)
+        if name == "demo":
+            path = demo_model_path()
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"the demo model is not bundled in this installation ({path})")
+            return cls.load(path, **load_options)
+        raise FileNotFoundError(f"'{name}' is not a local checkpoint folder, and downloading from the Hugging Face Hub "
+                                f"is not available in this version of ctxlookup; download it (e.g. with huggingface-cli) "
+                                f"and pass the folder")
+
     # ------------------------------------------------------------------ weights
     def __getattr__(self, name):
         if name in _WEIGHTS:
@@ -457,6 +476,11 @@ class Model:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer (no tokenizer files in its folder)")
         return self.tokenizer
+
+
+def demo_model_path() -> str:
+    """Where the bundled demo model lives inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo-gpt2")
 
 
 def _load_tokenizer(path: str):

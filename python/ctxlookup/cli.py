@@ -1,0 +1,78 @@
+"""The ``ctxlookup`` command line: ``ctxlookup replicate [STAGE] --model ... --out RUN_DIR``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _ints(s: str):
+    return [int(x) for x in s.split(",") if x.strip()] if s else []
+
+
+def _add_replicate(sub):
+    from .replicate import STAGES, Options
+
+    d = Options()
+    p = sub.add_parser("replicate", help="run the paper's method end to end (resumable)",
+                       description="Run the paper's method end to end; a STAGE runs everything up to it.")
+    p.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
+    p.add_argument("--model", default=d.model, help="checkpoint folder, or 'demo' (default)")
+    p.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
+    p.add_argument("--corpus", help="corpus for prompts (JSONL[.gz], Parquet, folder of .txt); demo: bundled")
+    p.add_argument("--test-corpus", help="disjoint corpus for test prompts")
+    p.add_argument("--layers", type=_ints, help="comma-separated layers (default: METHOD per model size)")
+    p.add_argument("--neurons-per-layer", type=int, help="next-token neurons per layer (default: METHOD per model size)")
+    p.add_argument("--random-per-layer", type=int, default=d.random_per_layer)
+    p.add_argument("--prompts-per-neuron", type=int, default=d.prompts_per_neuron)
+    p.add_argument("--test-prompts-per-neuron", type=int, default=d.test_prompts_per_neuron)
+    p.add_argument("--table3", type=_ints, default=d.table3, help="prompt counts for Table 3 (default 10,20,30; '' for none)")
+    p.add_argument("--explainer", choices=["offline", "openai"], default=d.explainer)
+    p.add_argument("--llm-model", default=d.llm_model)
+    p.add_argument("--base-url", help="OpenAI-compatible server (default: $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--llm-concurrency", type=int, default=d.llm_concurrency)
+    p.add_argument("--rpm", type=float, help="requests per minute limit")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-process-weights", dest="process_weights", action="store_false",
+                   help="raw weights (default: fold_ln, center_writing_weights, center_unembed, fold_value_biases)")
+    p.add_argument("--direction", choices=["unembed", "embed"], default=d.direction)
+    p.add_argument("--rule", choices=["architecture", "authors"], default=d.rule)
+    p.add_argument("--truncation", choices=["exact", "binary"], default=d.truncation)
+    p.add_argument("--ablation", choices=["zero", "mean"], default=d.ablation)
+    p.add_argument("--max-docs", type=int, help="use at most this many documents of each corpus")
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_replicate)
+
+
+def _run_replicate(args) -> int:
+    from .replicate import Options, Run
+
+    fields = set(Options.__dataclass_fields__)
+    opts = Options(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    run = Run(opts)
+    manifest = run.run(args.stage)
+    done = [s for s, r in manifest["stages"].items() if r.get("complete")]
+    print(f"run directory: {run.dir}")
+    print(f"stages complete: {', '.join(done)}")
+    if "stats" in manifest["stages"]:
+        st = run.read("statistics")
+        print(st.to_string(index=False))
+    if hasattr(run._client, "usage_report"):
+        print(run._client.usage_report())
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ctxlookup", description="Interpreting context look-ups in transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_replicate(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""``ctxlookup replicate``: the whole paper in one command, in stages, resumable.
+
+Stages, in order (each is also a subcommand; running one runs what it needs first):
+
+=================  ============================================================================
+``neurons``        next-token neurons per layer, and the random-neuron baseline (METHOD §2)
+``scan``           max-activating documents of every neuron on ``--corpus`` (METHOD §3)
+``truncate``       the prompts, truncated to keep 80% of the activation
+``test_scan``      the same on ``--test-corpus`` (10 per neuron)
+``test_truncate``  test prompts
+``attribution``    head attribution on the prompts and test prompts (METHOD §4)
+``select``         heads active on 25-75% of a neuron's prompts
+``explain``        an explanation per selected head (LLM or the offline explainer, METHOD §5)
+``score``          the explanations scored on the test prompts
+``ablation``       the ablation check (METHOD §6)
+``stats``          statistics, Tables 3 and 4, Figures 5 and 6
+=================  ============================================================================
+
+A run directory holds every stage's tables (Parquet and CSV), the figures, the LLM response cache
+and ``manifest.json`` (package version, model files and their sha256, every option, seeds, prompt
+templates, LLM model and base URL without the key, token usage and cost, wall time per stage).
+A rerun skips stages that are complete and valid; a run killed at any point and restarted
+finishes with the same result and no repeated LLM request (the scan checkpoints, LLM answers
+are cached as they arrive, tables are written atomically before a stage is marked complete).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+STAGES = ["neurons", "scan", "truncate", "test_scan", "test_truncate", "attribution", "select", "explain", "score",
+          "ablation", "stats"]
+
+# the tables each stage writes
+OUTPUTS = {
+    "neurons": ["neurons", "excluded_tokens"],
+    "scan": ["max_acts"],
+    "truncate": ["prompts"],
+    "test_scan": ["test_max_acts"],
+    "test_truncate": ["test_prompts"],
+    "attribution": ["attribution", "test_attribution"],
+    "select": ["heads"],
+    "explain": ["explanations"],
+    "score": ["scores"],
+    "ablation": ["ablation", "ablation_by_head"],
+    "stats": ["statistics", "table3", "table4"],
+}
+
+
+@dataclass
+class Options:
+    """Every option of a replication (the CLI's flags, one to one)."""
+
+    model: str = "demo"
+    out: str = "runs/replicate"
+    corpus: Optional[str] = None
+    test_corpus: Optional[str] = None
+    layers: Optional[List[int]] = None            # default: METHOD §2 per model size
+    neurons_per_layer: Optional[int] = None       # default: METHOD §2 per model size
+    random_per_layer: int = 20
+    prompts_per_neuron: int = 20
+    test_prompts_per_neuron: int = 10
+    table3: Optional[List[int]] = field(default_factory=lambda: [10, 20, 30])
+    explainer: str = "offline"                    # "offline" or "openai"
+    llm_model: str = "gpt-4-1106-preview"
+    base_url: Optional[str] = None
+    llm_concurrency: int = 16
+    rpm: Optional[float] = None
+    seed: int = 0
+    process_weights: bool = True                  # fold_ln, center_writing_weights, center_unembed, fold_value_biases
+    direction: str = "unembed"
+    rule: str = "architecture"
+    truncation: str = "exact"
+    keep: float = 0.8
+    max_prompt_tokens: int = 100
+    low: float = 0.25
+    high: float = 0.75
+    ablation: str = "zero"
+    max_docs: Optional[int] = None                # cap each corpus (quick runs)
+    batch_tokens: int = 8192
+    progress: bool = True
+
+    def key(self) -> dict:
+        """The options that determine results (not where or how verbosely they are written)."""
+        d = dataclasses.asdict(self)
+        for k in ("out", "progress", "llm_concurrency", "rpm"):
+            d.pop(k)
+        return d
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = path + ".incomplete"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, pd.DataFrame):
+        return o.to_dict(orient="records")
+    if isinstance(o, pd.Series):
+        return o.to_dict()
+    return str(o)
+
+
+class Run:
+    """A run directory: tables, manifest, and the stages' state."""
+
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.dir = os.path.abspath(opts.out)
+        os.makedirs(self.dir, exist_ok=True)
+        self.manifest_path = os.path.join(self.dir, "manifest.json")
+        self.manifest = self._load_manifest()
+        self._model = None
+        self._client = None
+        self.tables: Dict[str, pd.DataFrame] = {}
+
+    # ------------------------------------------------------------------ manifest
+    def _load_manifest(self) -> dict:
+        if os.path.exists(self.manifest_path):
+            with open(self.manifest_path) as f:
+                m = json.load(f)
+            if m.get("options_key") != self.opts.key():
+                old = m.get("options_key", {})
+                diff = sorted(k for k in set(old) | set(self.opts.key()) if old.get(k) != self.opts.key().get(k))
+                raise ValueError(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
+                                 f"use another --out, or the same options to resume")
+            return m
+        from . import __version__
+
+        return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
+                    python=sys.version.split()[0], platform=platform.platform(),
+                    numpy=np.__version__, pandas=pd.__version__)
+
+    def save_manifest(self) -> None:
+        _atomic_json(self.manifest_path, self.manifest)
+
+    # ------------------------------------------------------------------ tables
+    def path(self, name: str, ext: str = "parquet") -> str:
+        return os.path.join(self.dir, f"{name}.{ext}")
+
+    def write(self, name: str, df: pd.DataFrame) -> None:
+        for ext in ("parquet", "csv"):
+            tmp = self.path(name, ext) + ".incomplete"
+            if ext == "parquet":
+                df.to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False)
+            os.replace(tmp, self.path(name, ext))
+        self.tables[name] = df
+
+    def read(self, name: str) -> pd.DataFrame:
+        if name not in self.tables:
+            df = pd.read_parquet(self.path(name))
+            df.attrs.update(self.manifest["stages"].get(self._stage_of(name), {}).get("attrs", {}).get(name, {}))
+            self.tables[name] = df
+        return self.tables[name]
+
+    @staticmethod
+    def _stage_of(table: str) -> str:
+        return next(s for s, outs in OUTPUTS.items() if table in outs)
+
+    def complete(self, stage: str) -> bool:
+        rec = self.manifest["stages"].get(stage)
+        if not rec or not rec.get("complete"):
+            return False
+        for name in OUTPUTS[stage]:
+            try:
+                pd.read_parquet(self.path(name), columns=[])
+            except Exception:
+                return False  # missing or unreadable: redo the stage
+        return True
+
+    # ------------------------------------------------------------------ resources
+    @property
+    def model(self):
+        if self._model is None:
+            from .model import Model
+
+            p = self.opts.process_weights
+            self._model = Model.from_pretrained(self.opts.model, fold_ln=p, center_writing_weights=p, center_unembed=p,
+                                                fold_value_biases=p)
+            files = sorted(f for f in os.listdir(self._model.path) if os.path.isfile(os.path.join(self._model.path, f)))
+            self.manifest["model"] = dict(name=self.opts.model, path=self._model.path, config=self._model.cfg.to_dict(),
+                                          files={f: _sha256(os.path.join(self._model.path, f)) for f in files})
+        return self._model
+
+    @property
+    def client(self):
+        if self._client is None:
+            if self.opts.explainer == "offline":
+                from .explain import OfflineExplainer
+
+                self._client = OfflineExplainer()
+                self.manifest["llm"] = dict(explainer="offline")
+            elif self.opts.explainer == "openai":
+                from .llm import Client
+
+                self._client = Client(model=self.opts.llm_model, base_url=self.opts.base_url,
+                                      cache=os.path.join(self.dir, "llm_cache.sqlite3"),
+                                      concurrency=self.opts.llm_concurrency, rpm=self.opts.rpm,
+                                      progress=self.opts.progress)
+                self.manifest["llm"] = dict(explainer="openai", **self._client.manifest())
+            else:
+                raise ValueError(f"explainer must be 'offline' or 'openai', got '{self.opts.explainer}'")
+        return self._client
+
+    def corpus(self, which: str):
+        from .corpus import Corpus
+
+        src = self.opts.corpus if which == "train" else self.opts.test_corpus
+        if src is None:
+            if self.opts.model == "demo":
+                return Corpus.demo("train" if which == "train" else "test")
+            raise ValueError(f"--{'corpus' if which == 'train' else 'test-corpus'} is required for model {self.opts.model}")
+        return Corpus(src, limit=self.opts.max_docs)
+
+    # ------------------------------------------------------------------ running
+    def run(self, until: Optional[str] = None) -> dict:
+        stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
+        for stage in stages:
+            if self.complete(stage):
+                continue
+            t0 = time.perf_counter()
+            attrs = getattr(self, f"_stage_{stage}")() or {}
+            rec = dict(complete=True, wall_s=round(time.perf_counter() - t0, 3), attrs=attrs,
+                       finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            if self._client is not None and hasattr(self._client, "usage"):
+                rec["llm_usage"] = _usage_dict(self._client)
+            self.manifest["stages"][stage] = rec
+            self.save_manifest()
+        if self._client is not None:
+            self.manifest["llm_usage"] = _usage_dict(self._client)
+            self.save_manifest()
+        return self.manifest
+
+    # ------------------------------------------------------------------ stages
+    def _stage_neurons(self):
+        from .neurons import default_layers, next_token_neurons, random_neurons
+
+        m = self.model
+        d_layers, d_top = default_layers(m)
+        layers = self.opts.layers or d_layers
+        top = self.opts.neurons_per_layer or d_top
+        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction)
+        rnd = random_neurons(m, layers=layers, n=min(self.opts.random_per_layer, m.cfg.d_mlp), seed=self.opts.seed,
+                             direction=self.opts.direction)
+        cols = ["layer", "neuron", "token_id", "token", "congruence", "rank"]
+        neurons = pd.concat([nt[cols].assign(group="next_token"), rnd[cols].assign(group="random")], ignore_index=True)
+        self.write("neurons", neurons)
+        self.write("excluded_tokens", nt.attrs["excluded_tokens"].astype({"token": "object"}))
+        return {"neurons": dict(layers=list(map(int, layers)), per_layer=int(top),
+                                excluded_neurons=nt.attrs["excluded_neurons"].to_dict(orient="records"))}
+
+    def _unique_neurons(self) -> pd.DataFrame:
+        return self.read("neurons").drop_duplicates(["layer", "neuron"])[["layer", "neuron", "token_id", "token"]]
+
+    def _scan(self, which: str, k: int, name: str):
+        from .search import max_activating
+
+        ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
+                            batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
+                            progress=self.opts.progress)
+        self.write(name, ma)
+        return {name: {k2: v for k2, v in ma.attrs.items()}}
+
+    def _stage_scan(self):
+        counts = [self.opts.prompts_per_neuron] + list(self.opts.table3 or [])
+        return self._scan("train", max(counts), "max_acts")
+
+    def _stage_test_scan(self):
+        return self._scan("test", self.opts.test_prompts_per_neuron, "test_max_acts")
+
+    def _truncate(self, src: str, name: str, which: str):
+        from .search import truncate
+
+        ma = self.read(src)
+        tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
+                      method=self.opts.truncation)
+        self.write(name, tr)
+        return {name: dict(tr.attrs)}
+
+    def _stage_truncate(self):
+        return self._truncate("max_acts", "prompts", "train")
+
+    def _stage_test_truncate(self):
+        return self._truncate("test_max_acts", "test_prompts", "test")
+
+    def _stage_attribution(self):
+        from .attribution import head_attribution
+
+        out = {}
+        for src, name in (("prompts", "attribution"), ("test_prompts", "test_attribution")):
+            att = head_attribution(self.model, self.read(src), rule=self.opts.rule)
+            att.attrs.pop("activation", None)
+            self.write(name, att)
+            out[name] = dict(att.attrs)
+        return out
+
+    def _prompts_upto(self, n: Optional[int]) -> pd.DataFrame:
+        p = self.read("prompts")
+        return p if n is None else p[p["rank"] < n]
+
+    def _select(self, n: Optional[int]) -> pd.DataFrame:
+        from .attribution import select_heads
+
+        prompts = self._prompts_upto(n)
+        att = self.read("attribution")
+        att = att[att.prompt_id.isin(prompts.prompt_id)]
+        heads = select_heads(att, self.opts.low, self.opts.high)
+        groups = self.read("neurons")[["layer", "neuron", "group"]]
+        return heads.merge(groups, on=["layer", "neuron"], how="left")
+
+    def _stage_select(self):
+        rows = []
+        for n in self._prompt_counts():
+            rows.append(self._select(n).assign(n_prompts_per_neuron=n))
+        heads = pd.concat(rows, ignore_index=True)
+        self.write("heads", heads)
+        return {}
+
+    def _prompt_counts(self) -> list:
+        return sorted(set([self.opts.prompts_per_neuron] + list(self.opts.table3 or [])))
+
+    def _stage_explain(self):
+        from .explain import explain_heads
+
+        heads, rows = self.read("heads"), []
+        for n in self._prompt_counts():
+            h = heads[heads.n_prompts_per_neuron == n].drop_duplicates(["layer", "neuron", "head_layer", "head"])
+            prompts = self._prompts_upto(n)
+            att = self.read("attribution")
+            ex = explain_heads(h, prompts, att[att.prompt_id.isin(prompts.prompt_id)], self.client, stage=f"explain-{n}")
+            rows.append(ex.assign(n_prompts_per_neuron=n))
+        self.write("explanations", pd.concat(rows, ignore_index=True))
+        return {}
+
+    def _stage_score(self):
+        from .explain import score_explanations
+
+        ex, rows = self.read("explanations"), []
+        for n in self._prompt_counts():
+            e = ex[ex.n_prompts_per_neuron == n].reset_index(drop=True)
+            rows.append(score_explanations(e, self.read("test_prompts"), self.read("test_attribution"), self.client,
+                                           stage=f"classify-{n}"))
+        scores = pd.concat(rows, ignore_index=True).merge(
+            self.read("neurons")[["layer", "neuron", "group"]], on=["layer", "neuron"], how="left")
+        self.write("scores", scores)
+        return {}
+
+    def _stage_ablation(self):
+        from .attribution import ablate_heads
+        from .stats import ablation_comparison
+
+        n = self.opts.prompts_per_neuron
+        heads = self.read("heads")
+        heads = heads[(heads.n_prompts_per_neuron == n) & (heads.group == "next_token")]
+        heads = heads.drop_duplicates(["layer", "neuron", "head_layer", "head"])
+        prompts = self._prompts_upto(n)
+        att = self.read("attribution")
+        ab = ablate_heads(self.model, prompts, heads, attribution=att[att.prompt_id.isin(prompts.prompt_id)],
+                          mode=self.opts.ablation)
+        self.write("ablation", ab)
+        comp = ablation_comparison(ab) if len(ab) else pd.DataFrame(
+            columns=["layer", "neuron", "head_layer", "head", "mean_decrease_active", "mean_decrease_inactive"])
+        ks = comp.attrs.get("ks", {})
+        self.write("ablation_by_head", comp)
+        return {"ablation_by_head": {"ks": ks}}
+
+    def _stage_stats(self):
+        from .stats import figure5, figure6, score_statistics, subset_counts
+
+        scores, n = self.read("scores"), self.opts.prompts_per_neuron
+        main = scores[scores.n_prompts_per_neuron == n]
+        model_E = main[main.group == "next_token"].E
+        rand_E = main[main.group == "random"].E
+        stats = pd.concat([score_statistics(model_E, rand_E, label=f"{self.opts.model} next-token neurons"),
+                           score_statistics(rand_E, label=f"{self.opts.model} random neurons")], ignore_index=True)
+        self.write("statistics", stats)
+        t3 = pd.concat([score_statistics(scores[(scores.n_prompts_per_neuron == c) & (scores.group == "next_token")].E,
+                                         label=str(c)).assign(prompts_per_neuron=c)
+                        for c in self._prompt_counts()], ignore_index=True)
+        self.write("table3", t3)
+        heads = self.read("heads")
+        heads = heads[(heads.n_prompts_per_neuron == n) & (heads.group == "next_token")].drop_duplicates(
+            ["layer", "neuron", "head_layer", "head"])
+        prompts = self._prompts_upto(n)
+        t4 = subset_counts(prompts, self.read("attribution"), heads)
+        self.write("table4", t4.assign(subsets=t4.subsets.map(lambda s: ",".join(map(str, s)))))
+        figs = figure5(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
+                       title=f"Head explanation scores ({self.opts.model})")
+        comp = self.read("ablation_by_head")
+        comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
+        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"))
+        return {"figures": [os.path.basename(p) for p in figs],
+                "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
+
+
+def _usage_dict(client) -> dict:
+    u = getattr(client, "usage", None)
+    if isinstance(u, dict):
+        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in u.items()}
+    return dict(u or {})
+
+
+def replicate(model: str = "demo", out: str = "runs/replicate", until: Optional[str] = None, **options) -> Run:
+    """Run (or resume) a replication; returns the :class:`Run` (tables via ``run.read(name)``).
+
+    Keyword options are :class:`Options` fields; ``until`` stops after that stage.
+    """
+    opts = Options(model=model, out=out, **options)
+    if until is not None and until not in STAGES:
+        raise ValueError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    run = Run(opts)
+    run.run(until)
+    return run
