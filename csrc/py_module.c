@@ -89,6 +89,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (clpy_model_register(m) < 0) goto fail;
     if (clpy_analysis_register(m) < 0) goto fail;
     if (clpy_http_register(m) < 0) goto fail;
+    if (clpy_tokenizer_register(m) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -14,12 +14,13 @@ from .corpus import Corpus, CorpusError, Document
 from .model import ActivationCache, Model, get_act_name
 from .neurons import detect_glitch_tokens, mutual_exclusive_congruence, next_token_neurons, random_neurons
 from .search import max_activating, truncate
+from .tokenizer import Tokenizer
 from .explain import OfflineExplainer, explain_heads, score_explanations
 from .replicate import replicate
 
 __version__ = "0.1.0"
 __all__ = [
-    "Model", "ActivationCache", "get_act_name", "FormatError", "set_num_threads", "get_num_threads",
+    "Model", "Tokenizer", "ActivationCache", "get_act_name", "FormatError", "set_num_threads", "get_num_threads",
     "Corpus", "CorpusError", "Document",
     "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
     "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",

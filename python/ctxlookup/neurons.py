@@ -95,7 +95,7 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     med = np.median(norms[:n_real])
     mad = 1.4826 * np.median(np.abs(norms[:n_real] - med)) or 1e-12
     z = (norms - med) / mad
-    special = set(getattr(tok, "special_ids", []) or []) if tok is not None else set()
+    special = set(tok.special_token_ids) if tok is not None else set()
     for t in range(n_real, V):
         rows.append((t, None, "padding", float(z[t])))
     if tok is not None:
