@@ -115,3 +115,16 @@ def max_err_rows(a, b, lengths, axis_pos=1):
         sl[axis_pos] = slice(0, n)
         errs.append(np.abs(np.asarray(a)[tuple(sl)] - np.asarray(b)[tuple(sl)]).max())
     return float(max(errs))
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory):
+    """A random GPT-2 (small dims, the real GPT-2 vocabulary) with the real GPT-2 tokenizer files."""
+    import shutil
+    from ctxlookup.io import random_checkpoint
+
+    folder = tmp_path_factory.mktemp("text-gpt2")
+    random_checkpoint(folder, arch="gpt2", n_layers=3, d_model=32, n_heads=4, d_vocab=50257, n_ctx=256, seed=3, std=0.3)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(SHARED / "data" / "tokenizers" / "gpt2" / f, folder)
+    return str(folder)
