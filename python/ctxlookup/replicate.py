@@ -166,13 +166,19 @@ class Run:
         return os.path.join(self.dir, f"{name}.{ext}")
 
     def write(self, name: str, df: pd.DataFrame) -> None:
-        for ext in ("parquet", "csv"):
-            tmp = self.path(name, ext) + ".incomplete"
-            if ext == "parquet":
-                df.to_parquet(tmp, index=False)
-            else:
-                df.to_csv(tmp, index=False)
-            os.replace(tmp, self.path(name, ext))
+        """Write a table as Parquet and CSV, atomically. Its ``attrs`` go to the manifest (the stage
+        returns them), not into the files."""
+        attrs, df.attrs = df.attrs, {}
+        try:
+            for ext in ("parquet", "csv"):
+                tmp = self.path(name, ext) + ".incomplete"
+                if ext == "parquet":
+                    df.to_parquet(tmp, index=False)
+                else:
+                    df.to_csv(tmp, index=False)
+                os.replace(tmp, self.path(name, ext))
+        finally:
+            df.attrs = attrs
         self.tables[name] = df
 
     def read(self, name: str) -> pd.DataFrame:

@@ -1,0 +1,124 @@
+"""`ctxlookup replicate` end to end on a tiny random model and tiny.jsonl: with the offline
+explainer, with the mock OpenAI-compatible server, and killed (SIGKILL) mid-run then resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ctxlookup
+from conftest import SHARED
+from ctxlookup.replicate import OUTPUTS, STAGES, replicate
+
+OPTS = dict(layers=[1, 2], neurons_per_layer=3, random_per_layer=2, prompts_per_neuron=6, test_prompts_per_neuron=4,
+            table3=[3, 6], progress=False, batch_tokens=2048)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpora")
+    lines = (SHARED / "data" / "corpus" / "tiny.jsonl").read_text().splitlines()
+    (d / "train.jsonl").write_text("\n".join(lines[:120]) + "\n")
+    (d / "test.jsonl").write_text("\n".join(lines[120:]) + "\n")
+    return str(d / "train.jsonl"), str(d / "test.jsonl")
+
+
+def _tables(out):
+    return {n: pd.read_parquet(os.path.join(out, f"{n}.parquet")) for s in STAGES for n in OUTPUTS[s]}
+
+
+def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
+    out = str(tmp_path / "run")
+    run = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert [s for s in STAGES if m["stages"][s]["complete"]] == STAGES
+    for s in STAGES:
+        for n in OUTPUTS[s]:
+            assert os.path.exists(os.path.join(out, f"{n}.parquet")) and os.path.exists(os.path.join(out, f"{n}.csv"))
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(m["model"]["files"])
+    assert all(len(h) == 64 for h in m["model"]["files"].values())
+    assert m["options"]["explainer"] == "offline" and m["options_key"]["table3"] == [3, 6]
+    assert all(m["stages"][s]["wall_s"] >= 0 for s in STAGES)
+    for f in ("figure5.png", "figure5.svg", "figure6.png", "figure6.svg"):
+        assert os.path.getsize(os.path.join(out, f)) > 1000
+    neurons = run.read("neurons")
+    assert (neurons.group == "next_token").sum() == 6 and (neurons.group == "random").sum() == 4
+    prompts = run.read("prompts")
+    assert prompts.n_tokens.max() < 100 and len(prompts) > 10
+    heads = run.read("heads")
+    scores = run.read("scores")
+    assert set(scores.n_prompts_per_neuron) <= {3, 6}
+    assert len(scores) == len(run.read("explanations"))
+    stats = run.read("statistics")
+    assert list(stats.columns[:4]) == ["label", "n_heads", "mean", "std"]
+    t3 = run.read("table3")
+    assert sorted(t3.prompts_per_neuron) == [3, 6]
+    finished = {s: m["stages"][s]["finished"] for s in STAGES}
+    before = _tables(out)
+    time.sleep(1.1)
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    m2 = json.load(open(os.path.join(out, "manifest.json")))
+    assert {s: m2["stages"][s]["finished"] for s in STAGES} == finished  # nothing recomputed
+    for n, df in _tables(out).items():
+        pd.testing.assert_frame_equal(df, before[n])
+    with pytest.raises(ValueError, match="other options"):
+        replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **dict(OPTS, seed=9))
+    # a missing table makes its stage run again
+    os.remove(os.path.join(out, "heads.parquet"))
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(out, "heads.parquet")), before["heads"])
+
+
+def test_with_mock_server_rerun_sends_nothing(text_model_dir, corpora, tmp_path, monkeypatch):
+    from mock_openai import MockOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
+    out = str(tmp_path / "run")
+    with MockOpenAI(latency=0.0) as srv:
+        run = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer="openai",
+                        base_url=srv.base_url, llm_model="gpt-4-1106-preview", **OPTS)
+        sent = srv.total
+        ex = run.read("explanations")
+        assert sent > 0 and ex.explanation.str.startswith("answer ").all()
+        sc = run.read("scores")
+        assert (sc.n_unparsed == 0).all()  # the mock answers yes / no
+        m = json.load(open(os.path.join(out, "manifest.json")))
+        assert m["llm"]["base_url"] == srv.base_url and m["llm"]["api_key_set"] is True
+        usage = m["llm_usage"]
+        assert sum(u["requests"] for u in usage.values()) == sent
+        # a fresh run on the same directory: everything complete, zero requests
+        for f in ("scores", "explanations"):
+            os.remove(os.path.join(out, f"{f}.parquet"))
+        replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer="openai",
+                  base_url=srv.base_url, **OPTS)
+        assert srv.total == sent
+    for root, _, files in os.walk(out):
+        for f in files:
+            assert b"sk-secret-test-key-123" not in open(os.path.join(root, f), "rb").read(), f
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_result(text_model_dir, corpora, tmp_path):
+    clean = str(tmp_path / "clean")
+    replicate(text_model_dir, clean, corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    killed = str(tmp_path / "killed")
+    args = [sys.executable, "-m", "ctxlookup.cli", "replicate", "--model", text_model_dir, "--out", killed,
+            "--corpus", corpora[0], "--test-corpus", corpora[1], "--layers", "1,2", "--neurons-per-layer", "3",
+            "--random-per-layer", "2", "--prompts-per-neuron", "6", "--test-prompts-per-neuron", "4",
+            "--table3", "3,6", "--no-progress", "--batch-tokens", "2048"]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ctxlookup.__file__)))
+    for delay in (2.0, 3.5):  # kill twice, at different points
+        p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "run directory" in r.stdout
+    a, b = _tables(clean), _tables(killed)
+    for n in a:
+        pd.testing.assert_frame_equal(a[n], b[n], check_dtype=False, obj=n)
