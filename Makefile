@@ -45,7 +45,7 @@ sanitize: sysdeps
 	rm -rf tests/c/bin
 
 demo: deps build
-	$(PYTHON) -m ctxlookup.examples.quickstart
+	$(PYTHON) -m ctxlookup.demo
 
 bench: deps build
 	$(PYTHON) benchmarks/bench_forward.py

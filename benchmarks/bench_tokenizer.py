@@ -1,6 +1,6 @@
 """Tokenizer throughput: ctxlookup's C tokenizer against Hugging Face `tokenizers`.
 
-    python benchmarks/bench_tokenizer.py [--docs N] [--repeat R] [--md benchmarks/RESULTS_tokenizer.md]
+    python benchmarks/bench_tokenizer.py [--docs N] [--repeat R] [--md FILE]  (FILE: a Markdown section, as in benchmarks/RESULTS.md)
 
 Encodes the documents of the pile-style corpus (gzip JSONL, field `text`) with GPT-2
 (vocab.json + merges.txt) and GPT-NeoX-20B (tokenizer.json), the same files on both sides, and
@@ -135,7 +135,7 @@ def main():
     print(table)
     if args.md:
         with open(args.md, "w") as f:
-            f.write("# Tokenizer benchmark\n\n`python benchmarks/bench_tokenizer.py --md benchmarks/RESULTS_tokenizer.md`\n\n")
+            f.write("# Tokenizer benchmark\n\n`python benchmarks/bench_tokenizer.py --md FILE`\n\n")
             f.write(table + "\n\n")
             f.write("Modes (input bytes per second, the same files on both sides, ids checked identical):\n\n")
             for line in __doc__.split("Every run")[0].split("reports UTF-8 input bytes per second (best of --repeat runs):")[1].strip("\n").splitlines():

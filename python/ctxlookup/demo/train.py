@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        entry = {"step": step, "train_loss": float(loss)}
+        entry = {"step": step, "train_loss": loss.item()}
         if step % args.eval_every == 0 or step == args.steps:
             entry["held_loss"] = held_loss()
         log.append(entry)

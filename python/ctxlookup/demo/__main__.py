@@ -1,0 +1,37 @@
+"""``python -m ctxlookup.demo [RUN_DIR]``: the main job on the bundled default (what ``make demo`` runs).
+
+Runs ``ctxlookup replicate`` on the bundled demo model and corpus, with the offline explainer, or
+GPT-4 when ``OPENAI_API_KEY`` is set, then prints where the results are. If this installation has
+no bundled demo model, it runs the quickstart example instead and says so.
+"""
+import os
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = argv[0] if argv else os.path.join("runs", "demo")
+    from ..model import demo_model_path
+
+    if not os.path.isdir(demo_model_path()):
+        print(f"no bundled demo model at {demo_model_path()}; running the quickstart example instead")
+        from ..examples import quickstart
+
+        return quickstart.main()
+    from ..replicate import replicate
+
+    explainer = "openai" if os.environ.get("OPENAI_API_KEY") else "offline"
+    print(f"ctxlookup replicate --model demo --out {out} --explainer {explainer}")
+    t0 = time.perf_counter()
+    run = replicate("demo", out, explainer=explainer)
+    st = run.read("statistics")
+    print(st.to_string(index=False))
+    print(f"\nfinished in {time.perf_counter() - t0:.0f} s; results in {run.dir}")
+    for f in ("statistics.csv", "scores.csv", "heads.csv", "figure5.png", "figure6.png", "manifest.json"):
+        print(f"  {os.path.join(run.dir, f)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
