@@ -43,6 +43,8 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(m["model"]["files"])
     assert all(len(h) == 64 for h in m["model"]["files"].values())
     assert m["options"]["explainer"] == "offline" and m["options_key"]["table3"] == [3, 6]
+    from ctxlookup.explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
+    assert m["templates"] == {"explain": EXPLAIN_TEMPLATE, "classify": CLASSIFY_TEMPLATE} and m["seeds"]["random_neurons"] == 0
     assert all(m["stages"][s]["wall_s"] >= 0 for s in STAGES)
     for f in ("figure5.png", "figure5.svg", "figure6.png", "figure6.svg"):
         assert os.path.getsize(os.path.join(out, f)) > 1000

@@ -152,9 +152,12 @@ class Run:
                                  f"use another --out, or the same options to resume")
             return m
         from . import __version__
+        from .explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
 
         return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
+                    templates=dict(explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE),
+                    seeds=dict(random_neurons=self.opts.seed),
                     python=sys.version.split()[0], platform=platform.platform(),
                     numpy=np.__version__, pandas=pd.__version__)
 
