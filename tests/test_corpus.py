@@ -26,6 +26,7 @@ def test_jsonl_ids_subsets_and_empty_docs(tmp_path, gz):
     docs = list(c)
     assert [(d.doc_id, d.text, d.subset) for d in docs] == [(0, "alpha beta", "a"), (2, "gamma\ndelta", None), (3, "épsilon", "c")]
     assert c.skipped["empty"] == 1
+    assert c.count() == 4
     assert c.get([3, 0]) == {3: docs[2], 0: docs[0]}
     with pytest.raises(KeyError, match=r"ids \[9\]"):
         c.get([9])
@@ -35,6 +36,7 @@ def test_real_corpus_files_stream():
     c = Corpus(SHARED / "data" / "corpus" / "tiny.jsonl")
     docs = list(c)
     assert len(docs) == 200 and {d.subset for d in docs} >= {"email", "code", "bible"}
+    assert Corpus(SHARED / "data" / "corpus" / "heldout-10k.jsonl.gz").count() == 10000
     lim = Corpus(SHARED / "data" / "corpus" / "heldout-10k.jsonl.gz", limit=5)
     assert [d.doc_id for d in lim] == [0, 1, 2, 3, 4]
 

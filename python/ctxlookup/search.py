@@ -120,8 +120,9 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
         np.savez(tmp, meta=json.dumps(dict(meta=meta, next_doc=next_doc, stats=stats, subsets=subsets)), **state)
         os.replace(tmp, checkpoint)
 
-    bar = _progress(desc="scan") if progress else None
+    bar = _progress(total=corpus.count(), desc="scan") if progress else None
     if bar is not None and start_doc:
+        bar.update(min(start_doc, bar.total or start_doc))
         bar.set_postfix_str(f"resumed at doc {start_doc}")
     buf_docs, buf_ids, buf_tok = [], [], 0
     t0, last_save, next_doc = time.perf_counter(), time.perf_counter(), start_doc
