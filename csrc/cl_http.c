@@ -34,6 +34,8 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double cl_http_now(void) { return now_s(); }
+
 /* ---- small pieces ---- */
 
 typedef struct {
@@ -87,6 +89,21 @@ static uint64_t rng_next(uint64_t *s) { /* xorshift64* */
 
 static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0); }
 
+uint64_t cl_http_seed(uint64_t seed) {
+    if (seed) return seed;
+    double t = now_s();
+    uint64_t s = ((uint64_t)time(NULL) << 20) ^ (uint64_t)(t * 1e9) ^ 0x9E3779B97F4A7C15ULL;
+    return s ? s : 1;
+}
+
+double cl_http_backoff(double base_s, double max_s, int attempts, uint64_t *rng) {
+    double delay = base_s * ldexp(1.0, attempts - 1);
+    if (delay > max_s) delay = max_s;
+    return delay * (0.5 + 0.5 * rng_unit(rng));
+}
+
+double cl_http_jitter(uint64_t *rng) { return rng_unit(rng); }
+
 static size_t on_body(char *p, size_t size, size_t nmemb, void *ud) {
     slot *s = ud;
     size_t n = size * nmemb;
@@ -122,7 +139,7 @@ double cl_http_parse_retry_after(const char *value) {
     return d > 0 ? d : 0;
 }
 
-static int header_is(const char *p, size_t n, const char *name, const char **value) {
+int cl_http_header_value(const char *p, size_t n, const char *name, const char **value) {
     size_t k = strlen(name);
     if (n <= k || strncasecmp(p, name, k) || p[k] != ':') return 0;
     *value = p + k + 1;
@@ -141,17 +158,17 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud) {
     size_t m = n < sizeof line - 1 ? n : sizeof line - 1;
     memcpy(line, p, m);
     line[m] = '\0';
-    if (header_is(line, m, "retry-after-ms", &v)) {
+    if (cl_http_header_value(line, m, "retry-after-ms", &v)) {
         double ms = cl_http_parse_retry_after(v);
         if (ms >= 0) s->retry_after_ms = ms;
-    } else if (header_is(line, m, "retry-after", &v)) {
+    } else if (cl_http_header_value(line, m, "retry-after", &v)) {
         s->retry_after = cl_http_parse_retry_after(v);
     }
     return n;
 }
 
-static int retryable_curl(CURLcode c) {
-    switch (c) {
+int cl_http_retryable_curl(int code) {
+    switch ((CURLcode)code) {
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_CONNECT:
@@ -170,10 +187,10 @@ static int retryable_curl(CURLcode c) {
     }
 }
 
-static int retryable_status(long s) { return s == 408 || s == 409 || s == 429 || s >= 500; }
+int cl_http_retryable_status(long s) { return s == 408 || s == 409 || s == 429 || s >= 500; }
 
 /* libcurl copies header lines; overwrite those copies (they hold the API key) before freeing. */
-static void wipe_slist(struct curl_slist *l) {
+void cl_http_wipe_slist(struct curl_slist *l) {
     for (struct curl_slist *p = l; p; p = p->next)
         if (p->data) {
             volatile char *c = p->data;
@@ -316,7 +333,7 @@ static cl_status finish_attempt(run *R, slot *s, CURLcode code, double now, cl_e
     if (code != CURLE_OK) {
         R->stats->transport_errors++;
         r.status = 0;
-        retry = retryable_curl(code);
+        retry = cl_http_retryable_curl(code);
         if (s->body.too_big) snprintf(r.error, sizeof r.error, "response larger than %zu MiB", MAX_BODY >> 20);
         else snprintf(r.error, sizeof r.error, "%s", s->errbuf[0] ? s->errbuf : curl_easy_strerror(code));
     } else if (r.status >= 200 && r.status < 300) {
@@ -327,7 +344,7 @@ static cl_status finish_attempt(run *R, slot *s, CURLcode code, double now, cl_e
     } else {
         if (r.status == 429) R->stats->rate_limited++;
         if (r.status >= 500) R->stats->server_errors++;
-        retry = retryable_status(r.status);
+        retry = cl_http_retryable_status(r.status);
     }
     if (retry && q->attempts <= o->max_retries) {
         double delay;
@@ -340,9 +357,7 @@ static cl_status finish_attempt(run *R, slot *s, CURLcode code, double now, cl_e
             delay = r.retry_after_s * (1.0 + 0.1 * rng_unit(&R->rng));
             if (retry && r.status == 429 && now + r.retry_after_s > R->pause_until) R->pause_until = now + r.retry_after_s;
         } else {
-            delay = o->backoff_base_s * ldexp(1.0, q->attempts - 1);
-            if (delay > o->backoff_max_s) delay = o->backoff_max_s;
-            delay *= 0.5 + 0.5 * rng_unit(&R->rng);
+            delay = cl_http_backoff(o->backoff_base_s, o->backoff_max_s, q->attempts, &R->rng);
         }
         if (retry) {
             q->not_before = now + delay;
@@ -399,8 +414,7 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
         R.tpm.tat = batch->limiter->tpm_next;
         R.pause_until = batch->limiter->pause_until;
     }
-    R.rng = opts->seed ? opts->seed : ((uint64_t)time(NULL) << 20) ^ (uint64_t)(t0 * 1e9) ^ 0x9E3779B97F4A7C15ULL;
-    if (!R.rng) R.rng = 1;
+    R.rng = cl_http_seed(opts->seed);
     R.slots = calloc((size_t)opts->concurrency, sizeof *R.slots);
     R.rs = calloc(batch->n, sizeof *R.rs);
     R.retry_q = calloc(batch->n, sizeof *R.retry_q);
@@ -464,7 +478,7 @@ done:
         batch->limiter->tpm_next = R.tpm.tat;
         batch->limiter->pause_until = R.pause_until;
     }
-    wipe_slist(R.headers);
+    cl_http_wipe_slist(R.headers);
     free(R.slots);
     free(R.rs);
     free(R.retry_q);

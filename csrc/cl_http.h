@@ -101,4 +101,27 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
 /* Retry-After value (delta-seconds or an HTTP-date) -> seconds from now; < 0 if unparseable. */
 double cl_http_parse_retry_after(const char *value);
 
+/* ---- pieces shared with the download engine (cl_download.c) ---- */
+
+struct curl_slist;
+
+/* CLOCK_MONOTONIC seconds. */
+double cl_http_now(void);
+/* A jitter generator state: `seed`, or one from the clock when 0 (never 0). */
+uint64_t cl_http_seed(uint64_t seed);
+/* Uniform in [0, 1). */
+double cl_http_jitter(uint64_t *rng);
+/* Wait before the next attempt after `attempts` failed ones: base * 2^(attempts-1), capped at max,
+ * times a jitter factor in [0.5, 1). */
+double cl_http_backoff(double base_s, double max_s, int attempts, uint64_t *rng);
+/* Whether a failed attempt is worth retrying: a libcurl code (connection refused or reset, timeout,
+ * partial body, ...), or an HTTP status (408, 409, 429, 5xx). */
+int cl_http_retryable_curl(int curl_code);
+int cl_http_retryable_status(long status);
+/* If the header line p[0..n) is "Name: value" for `name` (case-insensitive), point *value just past
+ * the colon and return 1. */
+int cl_http_header_value(const char *p, size_t n, const char *name, const char **value);
+/* Overwrite then free libcurl's copies of header lines (they may hold a token). */
+void cl_http_wipe_slist(struct curl_slist *l);
+
 #endif

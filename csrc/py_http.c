@@ -2,15 +2,21 @@
  * tests reach the body builder and parsers. Request bodies are built (cl_llm) while the GIL is
  * held; the GIL is released for the whole run (cl_http); each finished request re-takes it to
  * hand a result dict to a Python callback, which writes the answer to the cache at once. The
- * API key travels only inside the header strings given here and is never put in a message. */
+ * API key travels only inside the header strings given here and is never put in a message.
+ * Also the Hub client's transfers (cl_download) as ctxlookup._core._hub_fetch, and _sha256_file. */
 #include "py_common.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "cl_download.h"
 #include "cl_http.h"
 #include "cl_llm.h"
+#include "cl_sha256.h"
 
 static PyObject *new_ref(PyObject *o) {
     Py_INCREF(o);
@@ -340,6 +346,191 @@ static PyObject *http_retry_after(PyObject *self, PyObject *arg) {
     return PyFloat_FromDouble(v);
 }
 
+/* ---- Hub downloads ---- */
+
+typedef struct {
+    PyObject *callback; /* progress(received, finished) or NULL */
+} fetch_ctx;
+
+static cl_status fetch_progress(void *vctx, int64_t received, size_t finished, cl_error *err) {
+    fetch_ctx *ctx = vctx;
+    PyGILState_STATE gs = PyGILState_Ensure();
+    PyObject *ret = PyObject_CallFunction(ctx->callback, "Ln", (long long)received, (Py_ssize_t)finished);
+    cl_status st = ret ? CL_OK : CL_ECALLBACK;
+    Py_XDECREF(ret);
+    PyGILState_Release(gs);
+    if (st) cl_fail(err, st, "the progress callback raised");
+    return st;
+}
+
+static int set_i64(PyObject *d, const char *k, int64_t v) { return set_obj(d, k, PyLong_FromLongLong((long long)v)); }
+
+/* One cl_dl_result -> dict (see _hub_fetch's docstring). */
+static PyObject *fetch_result_dict(const cl_dl_result *r) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    const char *failure = r->failure == CL_DL_NONE ? NULL : cl_dl_failure_name(r->failure);
+    if (set_obj(d, "ok", PyBool_FromLong(r->ok)) < 0 || set_str(d, "failure", failure) < 0 ||
+        set_obj(d, "status", PyLong_FromLong(r->status)) < 0 || set_obj(d, "curl_code", PyLong_FromLong(r->curl_code)) < 0 ||
+        set_obj(d, "attempts", PyLong_FromLong(r->attempts)) < 0 ||
+        set_obj(d, "range_attempts", PyLong_FromLong(r->range_attempts)) < 0 ||
+        set_i64(d, "resumed_from", r->resumed_from) < 0 || set_i64(d, "bytes", r->bytes) < 0 ||
+        set_i64(d, "received", r->received) < 0 || set_obj(d, "seconds", PyFloat_FromDouble(r->seconds)) < 0 ||
+        set_str(d, "error", r->error[0] ? r->error : NULL) < 0 || set_str(d, "commit", r->commit[0] ? r->commit : NULL) < 0 ||
+        set_str(d, "etag", r->etag[0] ? r->etag : NULL) < 0 ||
+        set_str(d, "linked_etag", r->linked_etag[0] ? r->linked_etag : NULL) < 0 ||
+        set_obj(d, "linked_size", r->linked_size >= 0 ? PyLong_FromLongLong((long long)r->linked_size) : new_ref(Py_None)) < 0 ||
+        set_obj(d, "content_length",
+                r->content_length >= 0 ? PyLong_FromLongLong((long long)r->content_length) : new_ref(Py_None)) < 0 ||
+        set_str(d, "error_code", r->error_code[0] ? r->error_code : NULL) < 0 ||
+        set_str(d, "error_message", r->error_message[0] ? r->error_message : NULL) < 0 ||
+        set_str(d, "location", r->location) < 0 || set_str(d, "url", r->url) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* Optional path member of a request tuple: None -> NULL; else new bytes in *keep. */
+static int fetch_path(PyObject *o, PyObject **keep, const char **out) {
+    *out = NULL;
+    if (o == Py_None) return 0;
+    if (!PyUnicode_FSConverter(o, keep)) return -1;
+    *out = PyBytes_AS_STRING(*keep);
+    return 0;
+}
+
+static PyObject *hub_fetch(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"requests", "headers", "progress", "concurrency", "connect_timeout", "stall_timeout",
+                             "head_timeout", "max_retries", "max_connect_retries", "backoff_base", "backoff_max",
+                             "retry_after_max", "max_redirects", "seed", NULL};
+    PyObject *reqs_o, *headers_o = NULL, *progress = Py_None;
+    unsigned long long seed = 0;
+    cl_dl_opts o = cl_dl_opts_default();
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$OidddiiddiiK", kwlist, &reqs_o, &headers_o, &progress, &o.concurrency,
+                                     &o.connect_timeout_s, &o.stall_timeout_s, &o.head_timeout_s, &o.max_retries,
+                                     &o.max_connect_retries, &o.backoff_base_s, &o.backoff_max_s, &o.retry_after_max_s,
+                                     &o.max_redirects, &seed))
+        return NULL;
+    o.seed = seed;
+    PyObject *reqs = NULL, *headers = NULL, *keep = NULL, *result = NULL;
+    const char **hdr = NULL;
+    cl_dl_req *cr = NULL;
+    cl_dl_result *res = NULL;
+    size_t n = 0, nh = 0;
+    fetch_ctx ctx = {progress == Py_None ? NULL : progress};
+    if (ctx.callback && !PyCallable_Check(ctx.callback)) { PyErr_SetString(PyExc_TypeError, "progress must be callable or None"); goto done; }
+    if (!(reqs = PySequence_Fast(reqs_o, "requests must be a sequence of tuples"))) goto done;
+    if (!(headers = headers_o && headers_o != Py_None ? PySequence_Tuple(headers_o) : PyTuple_New(0))) goto done;
+    if (!(keep = PyList_New(0))) goto done; /* keeps the encoded paths alive */
+    n = (size_t)PySequence_Fast_GET_SIZE(reqs);
+    nh = (size_t)PyTuple_GET_SIZE(headers);
+    hdr = calloc(nh ? nh : 1, sizeof *hdr);
+    cr = calloc(n ? n : 1, sizeof *cr);
+    res = calloc(n ? n : 1, sizeof *res);
+    if (!hdr || !cr || !res) { PyErr_NoMemory(); goto done; }
+    for (size_t k = 0; k < nh; k++) {
+        PyObject *h = PyTuple_GET_ITEM(headers, k);
+        if (!PyUnicode_Check(h)) { PyErr_Format(PyExc_TypeError, "header %zu must be a str", k); goto done; }
+        if (!(hdr[k] = PyUnicode_AsUTF8(h))) goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(reqs, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 7) {
+            PyErr_Format(PyExc_TypeError, "request %zu must be a tuple (method, url, auth, part_path, final_path, size, sha256)", i);
+            goto done;
+        }
+        const char *method = PyUnicode_Check(PyTuple_GET_ITEM(t, 0)) ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(t, 0)) : NULL;
+        if (!method || (strcmp(method, "HEAD") && strcmp(method, "GET"))) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "request %zu: method must be 'HEAD' or 'GET'", i);
+            goto done;
+        }
+        cr[i].head = !strcmp(method, "HEAD");
+        PyObject *url = PyTuple_GET_ITEM(t, 1);
+        if (!PyUnicode_Check(url)) { PyErr_Format(PyExc_TypeError, "request %zu: url must be a str", i); goto done; }
+        if (!(cr[i].url = PyUnicode_AsUTF8(url))) goto done;
+        int auth = PyObject_IsTrue(PyTuple_GET_ITEM(t, 2));
+        if (auth < 0) goto done;
+        cr[i].auth = auth;
+        for (int k = 0; k < 2; k++) {
+            PyObject *b = NULL;
+            if (fetch_path(PyTuple_GET_ITEM(t, 3 + k), &b, k ? &cr[i].final_path : &cr[i].part_path) < 0) goto done;
+            if (b) { /* the list keeps the bytes (and the pointer into them) alive */
+                int rc = PyList_Append(keep, b);
+                Py_DECREF(b);
+                if (rc < 0) goto done;
+            }
+        }
+        PyObject *size = PyTuple_GET_ITEM(t, 5);
+        if (size == Py_None) cr[i].size = -1;
+        else {
+            long long v = PyLong_AsLongLong(size);
+            if (v == -1 && PyErr_Occurred()) goto done;
+            cr[i].size = v < 0 ? -1 : (int64_t)v;
+        }
+        PyObject *sha = PyTuple_GET_ITEM(t, 6);
+        if (sha != Py_None) {
+            if (!PyUnicode_Check(sha)) { PyErr_Format(PyExc_TypeError, "request %zu: sha256 must be a str or None", i); goto done; }
+            if (!(cr[i].sha256 = PyUnicode_AsUTF8(sha))) goto done;
+        }
+    }
+    cl_dl_batch b = {
+        .reqs = cr, .n = n, .headers = hdr, .n_headers = nh, .results = res,
+        .progress = ctx.callback ? fetch_progress : NULL, .ctx = &ctx, .cancel = {clpy_cancel_fn, NULL},
+    };
+    cl_error err = {0};
+    cl_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_download_run(&o, &b, &err);
+    Py_END_ALLOW_THREADS
+    if (st) { clpy_raise(&err); goto done; }
+    if (!(result = PyList_New((Py_ssize_t)n))) goto done;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *d = fetch_result_dict(&res[i]);
+        if (!d) { Py_CLEAR(result); goto done; }
+        PyList_SET_ITEM(result, (Py_ssize_t)i, d);
+    }
+done:
+    cl_dl_results_free(res, n);
+    free(res);
+    free(cr);
+    free(hdr);
+    Py_XDECREF(keep);
+    Py_XDECREF(headers);
+    Py_XDECREF(reqs);
+    return result;
+}
+
+/* _sha256_file(path) -> hex digest; the GIL is released while reading, and Ctrl-C stops it. */
+static PyObject *sha256_file(PyObject *self, PyObject *arg) {
+    PyObject *path = NULL, *result = NULL;
+    if (!PyUnicode_FSConverter(arg, &path)) return NULL;
+    int fd = open(PyBytes_AS_STRING(path), O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb)) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+        goto done;
+    }
+    cl_sha256 s;
+    cl_error err = {0};
+    cl_status st;
+    unsigned char d[32];
+    char hex[65];
+    cl_sha256_init(&s);
+    cl_cancel cancel = {clpy_cancel_fn, NULL};
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_sha256_fd(&s, fd, (uint64_t)sb.st_size, &cancel, &err);
+    Py_END_ALLOW_THREADS
+    if (st) { clpy_raise(&err); goto done; }
+    cl_sha256_final(&s, d);
+    cl_sha256_hex(d, hex);
+    result = PyUnicode_FromString(hex);
+done:
+    if (fd >= 0) close(fd);
+    Py_XDECREF(path);
+    return result;
+}
+
 static PyMethodDef http_methods[] = {
     {"_llm_run", (PyCFunction)(void (*)(void))llm_run, METH_VARARGS | METH_KEYWORDS,
      "_llm_run(url, headers, model, requests, callback, *, concurrency, rpm, tpm, timeout, connect_timeout, "
@@ -351,6 +542,18 @@ static PyMethodDef http_methods[] = {
     {"_llm_parse", (PyCFunction)(void (*)(void))llm_parse, METH_VARARGS | METH_KEYWORDS,
      "_llm_parse(body, error=False) -> dict (content, finish_reason, model, usage, error_message, error_type, error_code)"},
     {"_http_retry_after", http_retry_after, METH_O, "_http_retry_after(value) -> seconds or None"},
+    {"_hub_fetch", (PyCFunction)(void (*)(void))hub_fetch, METH_VARARGS | METH_KEYWORDS,
+     "_hub_fetch(requests, headers=(), *, progress=None, concurrency=8, connect_timeout=10, stall_timeout=30, "
+     "head_timeout=30, max_retries=5, max_connect_retries=2, backoff_base=1.0, backoff_max=30, retry_after_max=120, "
+     "max_redirects=10, seed=0) -> [dict].\n"
+     "requests: [(method 'HEAD'|'GET', url, auth, part_path|None, final_path|None, size|None, sha256|None)]; headers are "
+     "sent with auth requests only. HEAD follows same-origin redirects and reports a cross-origin one as 'location'. GET "
+     "resumes part_path with a Range, checks size and sha256, then renames it to final_path. The GIL is released; "
+     "progress(received_bytes, finished_requests) is called at most every 0.1 s; Ctrl-C stops (partial files stay). "
+     "Each dict: ok, failure (None|'http'|'network'|'timeout'|'size'|'hash'|'disk'|'io'|'cancelled'), status, curl_code, "
+     "attempts, range_attempts, resumed_from, bytes, received, seconds, error, commit, etag, linked_etag, linked_size, "
+     "content_length, error_code, error_message, location, url. Used by ctxlookup.hub."},
+    {"_sha256_file", sha256_file, METH_O, "_sha256_file(path) -> lowercase hex sha256 of the file"},
     {NULL, NULL, 0, NULL},
 };
 

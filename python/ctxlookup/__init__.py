@@ -6,7 +6,7 @@ next-token neurons (:func:`next_token_neurons`), their max-activating prompts
 (:func:`head_attribution`, :func:`select_heads`) and the ablation check (:func:`ablate_heads`);
 plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`.
 """
-from . import llm
+from . import hub, llm
 from ._core import FormatError, get_num_threads, set_num_threads
 from .anneuron import activation_patching, activation_vs_prediction, logit_lens
 from .attribution import ablate_heads, head_attribution, select_heads
@@ -25,5 +25,5 @@ __all__ = [
     "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
     "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",
     "logit_lens", "activation_patching", "activation_vs_prediction", "explain_heads", "score_explanations",
-    "OfflineExplainer", "replicate", "llm", "__version__",
+    "OfflineExplainer", "replicate", "llm", "hub", "__version__",
 ]

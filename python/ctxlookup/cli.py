@@ -16,7 +16,7 @@ def _add_replicate(sub):
     p = sub.add_parser("replicate", help="run the paper's method end to end (resumable)",
                        description="Run the paper's method end to end; a STAGE runs everything up to it.")
     p.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
-    p.add_argument("--model", default=d.model, help="checkpoint folder, or 'demo' (default)")
+    p.add_argument("--model", default=d.model, help="checkpoint folder, Hugging Face repo id or alias (gpt2, pythia-160m, ...), or 'demo' (default)")
     p.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
     p.add_argument("--corpus", help="corpus for prompts (JSONL[.gz], Parquet, folder of .txt); demo: bundled")
     p.add_argument("--test-corpus", help="disjoint corpus for test prompts")

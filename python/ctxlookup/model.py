@@ -128,8 +128,9 @@ _WEIGHTS = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_
 class Model:
     """A transformer whose forward pass runs in ctxlookup's C core.
 
-    Use :meth:`load` (a local folder) to make one. Weights are read-only NumPy views in
-    TransformerLens names and shapes: ``model.W_Q`` is ``(n_layers, n_heads, d_model, d_head)``.
+    Use :meth:`load` (a local folder) or :meth:`from_pretrained` (also a Hugging Face Hub name) to make
+    one. Weights are read-only NumPy views in TransformerLens names and shapes: ``model.W_Q`` is
+    ``(n_layers, n_heads, d_model, d_head)``.
     """
 
     def __init__(self, core: "_core.Model", tokenizer=None, path: Optional[str] = None):
@@ -165,12 +166,39 @@ class Model:
         return cls(core, tokenizer=tok, path=path)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Union[str, os.PathLike], **load_options) -> "Model":
-        """A model by name or path: a local checkpoint folder, or ``"demo"`` (the small GPT-2
-        bundled with the package). Options as :meth:`load`.
+    def from_pretrained(cls, name_or_path: Union[str, os.PathLike], revision: str = "main",
+                        cache_dir: Union[str, os.PathLike, None] = None, *, token: Union[str, bool, None] = None,
+                        local_files_only: bool = False, progress: bool = True, **load_options) -> "Model":
+        """A model by name or path, downloaded from the Hugging Face Hub if needed.
 
-        Downloading Hugging Face Hub repositories is not available in this version: a name that
-        is neither raises FileNotFoundError saying so."""
+        ``name_or_path`` is, in this order: a local checkpoint folder; ``"demo"`` (the small GPT-2
+        bundled with the package); a TransformerLens alias (``"gpt2"``, ``"gpt2-small"``,
+        ``"gpt2-medium"``, ``"gpt2-large"``, ``"gpt2-xl"``, ``"pythia-70m"`` ... ``"pythia-12b"`` and
+        their ``-deduped`` forms; see ``ctxlookup.hub.ALIASES``); or any Hub repository id
+        (``"EleutherAI/pythia-160m"``). ``revision``: a branch, tag or commit hash (Pythia's training
+        checkpoints are branches: ``revision="step3000"``).
+
+        Files (``config.json``, ``model.safetensors`` or its index and shards, and the tokenizer
+        files that exist) go into the Hugging Face cache with ``huggingface_hub``'s exact layout:
+        ``cache_dir``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+        ``~/.cache/huggingface/hub``. A cache filled by ``transformers`` is reused with no network
+        call when it holds everything, and what ctxlookup downloads is used by ``transformers``.
+        ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``: the cache only. ``HF_ENDPOINT``: a
+        mirror. ``token`` (default ``HF_TOKEN`` or the saved login): for gated and private
+        repositories. ``progress``: a tqdm bar with bytes/s.
+
+        Downloads run in the C core (libcurl) with the GIL released, several files at once, retried
+        with backoff on 429 / 5xx / dropped connections / stalls, resumed from the byte offset with
+        HTTP Range after an interruption (Ctrl-C included: the next call resumes), and checked
+        against the Hub's size and sha256 before a file appears in the cache. Repositories with only
+        ``pytorch_model.bin`` are refused with a message (ctxlookup reads safetensors only).
+
+        Other keyword arguments (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
+        ``fold_value_biases``, ``tokenizer``) are :meth:`load`'s. Errors (see ``ctxlookup.hub``):
+        ``RepositoryNotFoundError``, ``RevisionNotFoundError``, ``EntryNotFoundError`` (all
+        FileNotFoundError), ``GatedRepoError`` (PermissionError), ``OfflineError``,
+        ``DownloadError``, ``HashMismatchError``, ``DiskFullError``; each says what to do.
+        """
         name = os.fspath(name_or_path)
         if os.path.isdir(name):
             return cls.load(name, **load_options)
@@ -179,9 +207,18 @@ class Model:
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"the demo model is not bundled in this installation ({path})")
             return cls.load(path, **load_options)
-        raise FileNotFoundError(f"'{name}' is not a local checkpoint folder, and downloading from the Hugging Face Hub "
-                                f"is not available in this version of ctxlookup; download it (e.g. with huggingface-cli) "
-                                f"and pass the folder")
+        if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:  # a path, not a repo id
+            raise FileNotFoundError(f"{name}: no such checkpoint folder (expected config.json and model.safetensors "
+                                    f"in it)")
+        from . import hub
+
+        try:
+            repo_id = hub.resolve_name(name)
+        except ValueError as e:
+            raise FileNotFoundError(str(e)) from None
+        folder = hub.download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                              local_files_only=local_files_only, progress=progress)
+        return cls.load(folder, **load_options)
 
     # ------------------------------------------------------------------ weights
     def __getattr__(self, name):
