@@ -84,3 +84,36 @@ def test_offline_explainer_end_to_end():
     r = sc.iloc[0]
     assert (r.TP, r.FN, r.TN, r.FP) == (2, 1, 1, 0) and r.E == pytest.approx((2 / 3 + 1) / 2)
     assert off.usage == {"explain": 1, "classify": 4}
+
+
+def test_per_prompt_predictions_match_the_counts():
+    expl, tp, att = _tables()
+    expl["n_prompts_per_neuron"] = 20
+    answers = {"p0 an": "Yes", "p1 an": "No", "p2 an": "yes", "p3 an": "Yes", "p4 an": "No", "p5 an": "Perhaps"}
+    plain = score_explanations(expl, tp, att, Scripted(answers))
+    out, preds = score_explanations(expl, tp, att, Scripted(answers), return_predictions=True)
+    pd.testing.assert_frame_equal(out, plain)  # the scores do not change
+    assert list(preds.columns) == ["layer", "neuron", "head_layer", "head", "n_prompts_per_neuron", "prompt_id",
+                                   "actual", "predicted", "answer", "error"]
+    assert len(preds) == 12 and (preds.n_prompts_per_neuron == 20).all()
+    h3 = preds[preds["head"] == 3].set_index("prompt_id")
+    assert h3.actual.tolist() == [True, True, True, False, False, False]
+    assert h3.predicted.tolist()[:5] == [True, False, True, True, False] and pd.isna(h3.predicted.iloc[5])
+    assert h3.answer.tolist() == ["Yes", "No", "yes", "Yes", "No", "Perhaps"]
+    for (hl, h), g in preds.groupby(["head_layer", "head"]):
+        r = out[(out.head_layer == hl) & (out["head"] == h)].iloc[0]
+        p = g.predicted
+        assert int((p & g.actual).sum()) == r.TP and int((p & ~g.actual).sum()) == r.FP
+        assert int((~p & g.actual).sum()) == r.FN and int((~p & ~g.actual).sum()) == r.TN
+        assert int(p.isna().sum()) == r.n_unparsed
+    # an explanation that failed gets no rows; an error answer is kept with its error
+    expl.loc[1, "explanation"] = None
+
+    class Failing(Scripted):
+        def complete_many(self, messages_list, **kw):
+            from ctxlookup.explain import _Result
+            return [_Result(None, error="HTTP 500") for _ in messages_list]
+
+    out, preds = score_explanations(expl, tp, att, Failing({}), return_predictions=True)
+    assert len(preds) == 6 and preds.predicted.isna().all() and (preds.error == "HTTP 500").all()
+    assert out.n_unparsed.iloc[0] == 6

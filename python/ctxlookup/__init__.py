@@ -4,7 +4,8 @@ The method of "Interpreting Context Look-ups in Transformers" (Neo, Cohen, Barez
 next-token neurons (:func:`next_token_neurons`), their max-activating prompts
 (:func:`max_activating`, :func:`truncate`), the attention heads that drive them
 (:func:`head_attribution`, :func:`select_heads`) and the ablation check (:func:`ablate_heads`);
-plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`.
+plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`. A run's HTML
+report, and the same views in Jupyter: :mod:`ctxlookup.report` (``ctxlookup.report(run_dir)``).
 """
 from . import hub, llm
 from ._core import FormatError, get_num_threads, set_num_threads
@@ -17,6 +18,7 @@ from .search import max_activating, truncate
 from .tokenizer import Tokenizer
 from .explain import OfflineExplainer, explain_heads, score_explanations
 from .replicate import replicate
+from . import report  # a callable module: ctxlookup.report(run_dir); ctxlookup.report.NeuronView(...)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -25,5 +27,5 @@ __all__ = [
     "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
     "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",
     "logit_lens", "activation_patching", "activation_vs_prediction", "explain_heads", "score_explanations",
-    "OfflineExplainer", "replicate", "llm", "hub", "__version__",
+    "OfflineExplainer", "replicate", "report", "llm", "hub", "__version__",
 ]

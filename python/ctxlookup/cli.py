@@ -1,7 +1,9 @@
-"""The ``ctxlookup`` command line: ``ctxlookup replicate [STAGE] --model ... --out RUN_DIR``."""
+"""The ``ctxlookup`` command line: ``ctxlookup replicate [STAGE] --model ... --out RUN_DIR`` and
+``ctxlookup report RUN_DIR [--out DIR]``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -62,10 +64,47 @@ def _run_replicate(args) -> int:
     return 0
 
 
+def _add_report(sub):
+    p = sub.add_parser("report", help="write a run's HTML report (Neuroscope-style pages per neuron and head)",
+                       description="Write a static HTML report of a run directory: an index with the run's summary, "
+                                   "a page per neuron and a page per neuron-head pair. It opens from file:// with no "
+                                   "server and no network.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ctxlookup replicate'")
+    p.add_argument("--out", help="where to write it (default: RUN_DIR/report)")
+    p.add_argument("--model", help="the model folder, if it moved since the run (default: the manifest's)")
+    p.add_argument("--no-model", action="store_true", help="do not load the model (no per-token colours)")
+    p.add_argument("--corpus", help="the prompts' corpus, if it moved since the run")
+    p.add_argument("--test-corpus", help="the test prompts' corpus, if it moved since the run")
+    p.add_argument("--page-size", type=int, default=100, help="rows per page of the plain lists (default 100)")
+    p.add_argument("--before", type=int, default=40, help="tokens shown before each maximum (default 40)")
+    p.add_argument("--after", type=int, default=10, help="tokens shown after each maximum (default 10)")
+    p.add_argument("--context", choices=["document", "prompt"], default="document",
+                   help="recompute activations on the documents (default, as the scan saw them) or on the "
+                        "truncated prompts alone (faster, no corpus needed)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import report
+
+    if not os.path.exists(os.path.join(args.run_dir, "manifest.json")):
+        print(f"ctxlookup report: {args.run_dir} is not a run directory (no manifest.json); make one with "
+              f"'ctxlookup replicate'", file=sys.stderr)
+        return 2
+    index = report(args.run_dir, out=args.out, model=False if args.no_model else args.model, corpus=args.corpus,
+                   test_corpus=args.test_corpus, page_size=args.page_size, before=args.before, after=args.after,
+                   context=args.context, progress=args.progress)
+    print(f"report: {index}")
+    print(f"open it: file://{index}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ctxlookup", description="Interpreting context look-ups in transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_replicate(sub)
+    _add_report(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

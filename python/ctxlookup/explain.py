@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["EXPLAIN_TEMPLATE", "CLASSIFY_TEMPLATE", "explain_heads", "score_explanations", "parse_yes_no",
-           "OfflineExplainer", "build_explain_prompt", "build_classify_prompt"]
+__all__ = ["EXPLAIN_TEMPLATE", "CLASSIFY_TEMPLATE", "PREDICTION_COLUMNS", "explain_heads", "score_explanations",
+           "parse_yes_no", "OfflineExplainer", "build_explain_prompt", "build_classify_prompt"]
 
 EXPLAIN_TEMPLATE = (
     "We are studying attention heads in a transformer architecture neural network. Each attention head looks for "
@@ -116,14 +116,24 @@ def explain_heads(selected_heads: pd.DataFrame, prompts: pd.DataFrame, attributi
                                        "prompt", "explanation", "error"])
 
 
+PREDICTION_COLUMNS = ["layer", "neuron", "head_layer", "head", "prompt_id", "actual", "predicted", "answer", "error"]
+
+
 def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, test_attribution: pd.DataFrame,
-                       classifier, template: str = CLASSIFY_TEMPLATE, stage: str = "classify") -> pd.DataFrame:
+                       classifier, template: str = CLASSIFY_TEMPLATE, stage: str = "classify",
+                       return_predictions: bool = False):
     """Score each explanation on the neuron's test prompts.
 
     Returns the explanations with ``n_test, TP, FP, TN, FN, n_unparsed, TPR, TNR, E, PPV, NPV,
     E_ppv_npv, one_class``. Heads whose test prompts are all of one class get NaN scores and
     ``one_class=True`` (left out of statistics); answers that are not Yes/No are counted in
     ``n_unparsed`` and left out of the confusion counts, never guessed.
+
+    With ``return_predictions=True`` returns ``(scores, predictions)``: ``predictions`` has one
+    row per explanation and test prompt, ``[layer, neuron, head_layer, head, prompt_id, actual,
+    predicted, answer, error]`` (plus ``n_prompts_per_neuron`` when the explanations carry it):
+    ``actual`` is the head's real activity on the prompt, ``predicted`` the parsed answer (True
+    for Yes, False for No, None when unparsed), ``answer`` the classifier's raw text.
     """
     active = test_attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
     by_neuron = {k: g for k, g in test_prompts.groupby(["layer", "neuron"], sort=False)}
@@ -136,13 +146,15 @@ def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, t
             continue
         for pid, text in zip(g.prompt_id, g.text):
             jobs.append(_messages(build_classify_prompt(e.explanation, text, e.token, template)))
-            owners.append((i, bool(active.get((pid, e.head_layer, e.head), False))))
+            owners.append((i, bool(active.get((pid, e.head_layer, e.head), False)), pid))
     results = classifier.complete_many(jobs, max_tokens=1, temperature=0.0, stage=stage) if jobs else []
     stats = [dict(n_test=0, TP=0, FP=0, TN=0, FN=0, n_unparsed=0) for _ in range(len(explanations))]
-    for (i, truth), r in zip(owners, results):
+    pred_rows = []
+    for (i, truth, pid), r in zip(owners, results):
         s = stats[i]
         s["n_test"] += 1
         pred = parse_yes_no(r.content) if r.error is None else None
+        pred_rows.append((i, pid, truth, pred, r.content, r.error))
         if pred is None:
             s["n_unparsed"] += 1
         elif pred and truth:
@@ -166,7 +178,29 @@ def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, t
         out["PPV"] = np.where(pp > 0, out.TP / pp.where(pp > 0, 1), np.nan)
         out["NPV"] = np.where(pn > 0, out.TN / pn.where(pn > 0, 1), np.nan)
         out["E_ppv_npv"] = np.where(out.one_class, np.nan, (out.PPV + out.NPV) / 2)
-    return out
+    if not return_predictions:
+        return out
+    return out, _predictions_table(explanations, pred_rows)
+
+
+def _predictions_table(explanations: pd.DataFrame, pred_rows: list) -> pd.DataFrame:
+    """The classifier's answer on every (explanation, test prompt), in the order they were asked."""
+    extra = ["n_prompts_per_neuron"] if "n_prompts_per_neuron" in explanations.columns else []
+    keys = list(explanations[["layer", "neuron", "head_layer", "head"] + extra].itertuples(index=False, name=None))
+    rows = []
+    for i, pid, truth, pred, answer, error in pred_rows:
+        k = [int(x) for x in keys[i]]
+        rec = dict(layer=k[0], neuron=k[1], head_layer=k[2], head=k[3], prompt_id=int(pid), actual=bool(truth),
+                   predicted=pred, answer=answer if isinstance(answer, str) else None, error=error)
+        if extra:
+            rec["n_prompts_per_neuron"] = k[4]
+        rows.append(rec)
+    df = pd.DataFrame(rows, columns=PREDICTION_COLUMNS[:4] + extra + PREDICTION_COLUMNS[4:])
+    # a nullable boolean: None where the answer was not Yes/No
+    df["predicted"] = df["predicted"].astype("boolean")
+    df["answer"] = df["answer"].astype(object)
+    df["error"] = df["error"].astype(object)
+    return df
 
 
 # --------------------------------------------------------------------------- offline baseline

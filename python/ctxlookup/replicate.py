@@ -11,7 +11,7 @@ Stages, in order (each is also a subcommand; running one runs what it needs firs
 ``attribution``    head attribution on the prompts and test prompts (METHOD §4)
 ``select``         heads active on 25-75% of a neuron's prompts
 ``explain``        an explanation per selected head (LLM or the offline explainer, METHOD §5)
-``score``          the explanations scored on the test prompts
+``score``          the explanations scored on the test prompts (and each test prompt's answer)
 ``ablation``       the ablation check (METHOD §6)
 ``stats``          statistics, Tables 3 and 4, Figures 5 and 6
 =================  ============================================================================
@@ -51,7 +51,7 @@ OUTPUTS = {
     "attribution": ["attribution", "test_attribution"],
     "select": ["heads"],
     "explain": ["explanations"],
-    "score": ["scores"],
+    "score": ["scores", "predictions"],
     "ablation": ["ablation", "ablation_by_head"],
     "stats": ["statistics", "table3", "table4"],
 }
@@ -373,14 +373,18 @@ class Run:
     def _stage_score(self):
         from .explain import score_explanations
 
-        ex, rows = self.read("explanations"), []
+        ex, rows, preds = self.read("explanations"), [], []
         for n in self._prompt_counts():
             e = ex[ex.n_prompts_per_neuron == n].reset_index(drop=True)
-            rows.append(score_explanations(e, self.read("test_prompts"), self.read("test_attribution"), self.client,
-                                           stage=f"classify-{n}"))
+            sc, pr = score_explanations(e, self.read("test_prompts"), self.read("test_attribution"), self.client,
+                                        stage=f"classify-{n}", return_predictions=True)
+            rows.append(sc)
+            preds.append(pr)
         scores = pd.concat(rows, ignore_index=True).merge(
             self.read("neurons")[["layer", "neuron", "group"]], on=["layer", "neuron"], how="left")
         self.write("scores", scores)
+        # the classifier's answer on each test prompt (the scores' confusion counts, one row per answer)
+        self.write("predictions", pd.concat(preds, ignore_index=True))
         return {}
 
     def _stage_ablation(self):

@@ -97,13 +97,13 @@ def ablation_comparison(ablation: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
-def _plt():
-    import matplotlib
+def _figure(figsize=(5, 3.5)):
+    """A Figure with one Axes, made without pyplot: no global backend or state is touched, so
+    inline plots in Jupyter keep working around a replication."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _save(fig, path_base: str) -> list:
@@ -118,8 +118,7 @@ def _save(fig, path_base: str) -> list:
 
 def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Head explanation scores") -> list:
     """Histogram of E for the model's heads (and the random-neuron baseline); PNG and SVG paths."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure()
     bins = np.linspace(0, 1, 21)
     s = _valid(scores)
     ax.hist(s, bins=bins, alpha=0.7, label=f"next-token neurons (n={s.size}, mean {s.mean():.3f})" if s.size else "no scores")
@@ -130,16 +129,13 @@ def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Hea
     ax.set_ylabel("heads")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    paths = _save(fig, path_base)
-    plt.close(fig)
-    return paths
+    return _save(fig, path_base)
 
 
 def figure6(comparison: pd.DataFrame, path_base: str = "figure6", title: str = "Ablation: probability decrease") -> list:
     """Distribution across heads of the mean probability decrease after ablation, on active vs
     inactive prompts; PNG and SVG paths."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure()
     a, i = _valid(comparison.mean_decrease_active), _valid(comparison.mean_decrease_inactive)
     lo = min([0.0] + list(a) + list(i))
     hi = max([1e-6] + list(a) + list(i))
@@ -153,6 +149,4 @@ def figure6(comparison: pd.DataFrame, path_base: str = "figure6", title: str = "
     ax.set_ylabel("heads")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    paths = _save(fig, path_base)
-    plt.close(fig)
-    return paths
+    return _save(fig, path_base)

@@ -1,8 +1,9 @@
 """``python -m ctxlookup.demo [RUN_DIR]``: the main job on the bundled default (what ``make demo`` runs).
 
 Runs ``ctxlookup replicate`` on the bundled demo model and corpus, with the offline explainer, or
-GPT-4 when ``OPENAI_API_KEY`` is set, then prints where the results are. If this installation has
-no bundled demo model, it runs the quickstart example instead and says so.
+GPT-4 when ``OPENAI_API_KEY`` is set, writes the run's HTML report, then prints where the results
+are. If this installation has no bundled demo model, it runs the quickstart example instead and
+says so.
 """
 import os
 import sys
@@ -27,9 +28,13 @@ def main(argv=None) -> int:
     run = replicate("demo", out, explainer=explainer)
     st = run.read("statistics")
     print(st.to_string(index=False))
+    from ..report import report
+
+    index = report(run)
     print(f"\nfinished in {time.perf_counter() - t0:.0f} s; results in {run.dir}")
     for f in ("statistics.csv", "scores.csv", "heads.csv", "figure5.png", "figure6.png", "manifest.json"):
         print(f"  {os.path.join(run.dir, f)}")
+    print(f"report (open in a browser): file://{index}")
     return 0
 
 

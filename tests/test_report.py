@@ -1,0 +1,500 @@
+"""The HTML report: a run on the tiny text model (with hostile text in its corpus), its static site
+checked file by file (links resolve both ways, everything escaped, tokens coloured, numbers as
+the tables hold them, a big index paged and searchable), its notebook views, the CLI, and the
+site opened in headless Chromium over the DevTools protocol (no console errors, no failed
+requests, links resolve, tokens coloured in the DOM, a screenshot that is not blank)."""
+import html.parser
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ctxlookup
+from conftest import SHARED
+from ctxlookup.replicate import replicate
+from ctxlookup.report import HeadView, NeuronView, RunData, RunView, head_page, neuron_page, report, view
+
+OPTS = dict(layers=[1, 2], neurons_per_layer=3, random_per_layer=2, prompts_per_neuron=6, test_prompts_per_neuron=4,
+            table3=[3, 6], progress=False, batch_tokens=2048)
+NASTY = '<script>alert("pwn")</script> & <img src=x onerror="alert(1)"> </div>\'"<!--'
+REQUIRE = os.environ.get("CTXLOOKUP_STRICT_TESTS") == "1"
+
+
+def _hostile(lines):
+    """Documents with the hostile string near their start, in their middle and at their end."""
+    out = []
+    for line in lines:
+        o = json.loads(line)
+        t = o["text"]
+        mid = len(t) // 2
+        o["text"] = t[:40] + " " + NASTY + " " + t[40:mid] + " " + NASTY + " " + t[mid:] + " " + NASTY
+        out.append(json.dumps(o))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(text_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("report-run")
+    lines = (SHARED / "data" / "corpus" / "tiny.jsonl").read_text().splitlines()
+    (d / "train.jsonl").write_text(_hostile(lines[:120]))
+    (d / "test.jsonl").write_text(_hostile(lines[120:]))
+    replicate(text_model_dir, str(d / "run"), corpus=str(d / "train.jsonl"), test_corpus=str(d / "test.jsonl"), **OPTS)
+    return str(d / "run")
+
+
+@pytest.fixture(scope="module")
+def site(run_dir):
+    index = report(run_dir)
+    assert index == os.path.join(run_dir, "report", "index.html")
+    return os.path.dirname(index)
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.ids, self.tags, self.scripts = [], set(), [], 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "script":
+            self.scripts += 1
+        for k in ("href", "src"):
+            if a.get(k) is not None:
+                self.refs.append((tag, k, a[k]))
+        if a.get("id"):
+            self.ids.add(a["id"])
+
+
+def _parse(path):
+    p = _Links()
+    with open(path, encoding="utf-8") as f:
+        p.feed(f.read())
+    return p
+
+
+def _pages(site):
+    for root, _, files in os.walk(site):
+        for f in files:
+            if f.endswith(".html"):
+                yield os.path.join(root, f)
+
+
+def _resolve(page, ref):
+    """A relative reference -> (absolute file path, fragment); None for data: URIs."""
+    if ref.startswith("data:"):
+        return None
+    u = urllib.parse.urlsplit(ref)
+    assert not u.scheme and not u.netloc, f"{page}: external reference {ref}"
+    path = os.path.normpath(os.path.join(os.path.dirname(page), urllib.parse.unquote(u.path))) if u.path else page
+    return path, u.fragment
+
+
+# --------------------------------------------------------------------------- the static site
+def test_every_page_exists_and_every_link_resolves(site, run_dir):
+    neurons = pd.read_parquet(os.path.join(run_dir, "neurons.parquet")).drop_duplicates(["layer", "neuron"])
+    heads = pd.read_parquet(os.path.join(run_dir, "heads.parquet")).drop_duplicates(["layer", "neuron", "head_layer", "head"])
+    assert len(heads) > 0
+    for r in neurons.itertuples():
+        assert os.path.exists(os.path.join(site, neuron_page(r.layer, r.neuron)))
+    for r in heads.itertuples():
+        assert os.path.exists(os.path.join(site, head_page(r.layer, r.neuron, r.head_layer, r.head)))
+    for f in ("index.html", "assets/index-data.js", "assets/figure5.png", "assets/figure5.svg", "assets/figure6.png",
+              "lists/neurons-1.html", "lists/heads-1.html"):
+        assert os.path.getsize(os.path.join(site, f)) > 100, f
+    parsed = {p: _parse(p) for p in _pages(site)}
+    assert len(parsed) == 1 + len(neurons) + len(heads) + 2
+    n_refs = 0
+    for page, p in parsed.items():
+        for tag, attr, ref in p.refs:
+            got = _resolve(page, ref)
+            if got is None:
+                continue
+            path, frag = got
+            assert os.path.isfile(path), f"{page}: <{tag} {attr}={ref}> does not exist"
+            if frag and path.endswith(".html"):
+                target = parsed.get(path) or _parse(path)
+                assert frag in target.ids, f"{page}: {ref}: no id {frag!r} there"
+            n_refs += 1
+    assert n_refs > 50
+    # the index's explorers link every neuron and pair page (rows in the data file)
+    data = open(os.path.join(site, "assets", "index-data.js")).read()
+    rec = json.loads(data[data.index("=") + 1:].strip().rstrip(";"))
+    hrefs = {c["h"] for rows in (rec["neurons"]["rows"], rec["heads"]["rows"]) for r in rows for c in r
+             if isinstance(c, dict) and c.get("h")}
+    for r in neurons.itertuples():
+        assert neuron_page(r.layer, r.neuron) in hrefs
+    for r in heads.itertuples():
+        assert head_page(r.layer, r.neuron, r.head_layer, r.head) in hrefs
+    assert all(os.path.isfile(os.path.join(site, h)) for h in hrefs)
+
+
+def test_neuron_and_head_pages_link_both_ways(site, run_dir):
+    heads = pd.read_parquet(os.path.join(run_dir, "heads.parquet")).drop_duplicates(["layer", "neuron", "head_layer", "head"])
+    for r in heads.itertuples():
+        hp = os.path.join(site, head_page(r.layer, r.neuron, r.head_layer, r.head))
+        np_ = os.path.join(site, neuron_page(r.layer, r.neuron))
+        to_neuron = {_resolve(hp, ref)[0] for _, _, ref in _parse(hp).refs if _resolve(hp, ref)}
+        to_head = {_resolve(np_, ref)[0] for _, _, ref in _parse(np_).refs if _resolve(np_, ref)}
+        assert os.path.normpath(np_) in to_neuron, f"{hp} does not link to its neuron"
+        assert os.path.normpath(hp) in to_head, f"{np_} does not link to its head {r.head_layer}.{r.head}"
+        assert os.path.normpath(os.path.join(site, "index.html")) in to_neuron
+
+
+def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
+    def check(folder):
+        seen_escaped = 0
+        for page in _pages(folder):
+            text = open(page, encoding="utf-8").read()
+            p = _parse(page)
+            expected_scripts = 2 if os.path.basename(page) == "index.html" and os.path.dirname(page) == folder else 0
+            assert p.scripts == expected_scripts, f"{page}: {p.scripts} <script> elements"
+            for tag, attrs in p.tags:
+                assert not any(k.startswith("on") for k in attrs), f"{page}: <{tag}> has an event handler attribute"
+                assert not (tag == "img" and attrs.get("src") == "x"), page
+            assert '<script>alert("pwn")' not in text and "<img src=x" not in text
+            seen_escaped += text.count("&lt;script&gt;") + text.count("&lt;img") + text.count("script&gt;")
+        return seen_escaped
+
+    # tokens of the corpus (the hostile string is in every document)
+    assert check(site) > 0
+    # strings from the tables: token, explanation, prompt text, subset, without a model (plain text)
+    bad = str(tmp_path / "run")
+    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("report"))
+    for name, cols in (("neurons", ["token"]), ("prompts", ["text", "subset", "token"]), ("max_acts", ["subset", "token"]),
+                       ("explanations", ["explanation", "token", "prompt"]), ("scores", ["explanation", "token", "prompt"]),
+                       ("test_prompts", ["text", "subset"]), ("test_max_acts", ["subset"])):
+        df = pd.read_parquet(os.path.join(bad, f"{name}.parquet"))
+        for c in cols:
+            df[c] = NASTY
+        df.to_parquet(os.path.join(bad, f"{name}.parquet"), index=False)
+    out = report(bad, out=str(tmp_path / "plain"), model=False)
+    n = check(os.path.dirname(out))
+    assert n > 20
+    neuron = pd.read_parquet(os.path.join(bad, "neurons.parquet")).iloc[0]
+    page = open(os.path.join(tmp_path / "plain", neuron_page(neuron.layer, neuron.neuron)), encoding="utf-8").read()
+    assert "Tokens are not coloured" in page and not re.search('class="tok[ "]', page)
+    assert "&lt;script&gt;alert(&quot;pwn&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+
+
+def test_tokens_coloured_max_and_truncation_marked(site, run_dir):
+    data = RunData(run_dir)
+    neurons = data.neurons
+    cut_pages = 0
+    for r in neurons.itertuples():
+        exs = data.examples(r.layer, r.neuron)
+        assert exs, "every neuron has max-activating examples"
+        for e in exs:
+            assert e.context == "document" and e.strs is not None and len(e.strs) == len(e.acts)
+            # the recomputed activation at the maximum is the scan's
+            assert e.acts[e.position - e.first] == pytest.approx(e.activation, rel=1e-3, abs=1e-4)
+            assert e.first <= e.position < e.first + len(e.strs) <= e.position + 11
+            if e.start is not None:
+                assert e.first <= e.start
+        page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
+        assert page.count('class="tok max') >= len(exs)
+        assert re.search(r'class="tok[^"]*" style="background:#ff7a00([3-9a-f][0-9a-f])"', page)
+        cut_pages += 'class="cut"' in page
+    assert data.mismatches == 0
+    assert cut_pages > 0
+
+
+def test_numbers_come_from_the_tables(site, run_dir):
+    scores = pd.read_parquet(os.path.join(run_dir, "scores.parquet"))
+    preds = pd.read_parquet(os.path.join(run_dir, "predictions.parquet"))
+    # the stored per-prompt predictions are the scores' confusion counts
+    key = ["layer", "neuron", "head_layer", "head", "n_prompts_per_neuron"]
+    for r in scores.itertuples():
+        p = preds[(preds.layer == r.layer) & (preds.neuron == r.neuron) & (preds.head_layer == r.head_layer) &
+                  (preds["head"] == r.head) & (preds.n_prompts_per_neuron == r.n_prompts_per_neuron)]
+        pred = p.predicted.astype("boolean")
+        assert len(p) == r.n_test
+        assert int((pred & p.actual).sum()) == r.TP and int((pred & ~p.actual).sum()) == r.FP
+        assert int((~pred & p.actual).sum()) == r.FN and int((~pred & ~p.actual).sum()) == r.TN
+        assert int(pred.isna().sum()) == r.n_unparsed
+    assert not preds.duplicated(key + ["prompt_id"]).any()
+    main = scores[scores.n_prompts_per_neuron == OPTS["prompts_per_neuron"]]
+    for r in main.itertuples():
+        page = open(os.path.join(site, head_page(r.layer, r.neuron, r.head_layer, r.head)), encoding="utf-8").read()
+        for k in ("E", "TPR", "TNR"):
+            v = getattr(r, k)
+            want = "–" if not np.isfinite(v) else f"{v:.3f}" if v else "0"
+            assert f'<div class="k">{k}</div><div class="v">{want}</div>' in page, (k, want)
+        assert ctxlookup.report.esc(r.explanation) in page
+        n_test = page.count('class="ex right"') + page.count('class="ex wrong"')
+        assert n_test == r.n_test - r.n_unparsed
+
+
+def _big_site(run_dir, tmp_path):
+    """The run with every neuron of the model listed (384): a report whose index must page."""
+    big = str(tmp_path / "big")
+    shutil.copytree(run_dir, big, ignore=shutil.ignore_patterns("report"))
+    n = pd.read_parquet(os.path.join(big, "neurons.parquet"))
+    have = set(zip(n.layer, n.neuron))
+    extra = pd.DataFrame([dict(layer=l, neuron=j, token_id=262, token=" the", congruence=0.1, rank=-1, group="random")
+                          for l in range(3) for j in range(128) if (l, j) not in have])
+    pd.concat([n, extra], ignore_index=True).to_parquet(os.path.join(big, "neurons.parquet"), index=False)
+    return report(big, page_size=50)
+
+
+def test_big_index_is_paged_and_searchable(run_dir, tmp_path):
+    index = _big_site(run_dir, tmp_path)
+    site = os.path.dirname(index)
+    lists = sorted(f for f in os.listdir(os.path.join(site, "lists")) if f.startswith("neurons-"))
+    assert len(lists) == 8  # 384 neurons, 50 per page
+    text = open(index, encoding="utf-8").read()
+    assert 'type="search"' in text and 'class="prev"' in text and 'class="next"' in text
+    assert "L2N127" not in text and "L2N127" in open(os.path.join(site, "assets", "index-data.js")).read()
+    assert os.path.getsize(index) < 150_000
+    last = open(os.path.join(site, "lists", lists[-1]), encoding="utf-8").read()
+    assert "L2N127" in last and "page 8 of 8" in last
+    assert len(os.listdir(os.path.join(site, "neurons"))) == 384
+
+
+def test_without_corpus_colours_the_prompts_alone(run_dir, tmp_path):
+    out = report(run_dir, out=str(tmp_path / "nocorpus"), corpus=str(tmp_path / "gone.jsonl"),
+                 test_corpus=str(tmp_path / "gone2.jsonl"))
+    data = RunData(run_dir, corpus=str(tmp_path / "gone.jsonl"), test_corpus=str(tmp_path / "gone2.jsonl"))
+    n = data.neurons.iloc[0]
+    exs = data.examples(n.layer, n.neuron)
+    kept = [e for e in exs if e.prompt_id is not None]
+    assert kept and all(e.context == "prompt" and e.first == e.start for e in kept)
+    for e in kept:  # the prompt alone gives the truncated prompt's activation at its last token
+        assert e.acts[-1] == pytest.approx(e.prompt_activation, rel=1e-3, abs=1e-4)
+    page = open(os.path.join(os.path.dirname(out), neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
+    assert "Context unavailable" in page and 'class="tok' in page
+
+
+def test_prompt_context_needs_no_corpus(run_dir, tmp_path):
+    out = report(run_dir, out=str(tmp_path / "prompt"), context="prompt")
+    data = RunData(run_dir, context="prompt")
+    for r in data.neurons.itertuples():
+        for e in data.examples(r.layer, r.neuron) + data.examples(r.layer, r.neuron, "test"):
+            if e.prompt_id is not None:
+                assert e.context == "prompt" and len(e.strs) == e.n_tokens
+                assert e.acts[-1] == pytest.approx(e.prompt_activation, rel=1e-3, abs=1e-4)
+            else:
+                assert e.strs is None  # a dropped document: nothing to run without the corpus
+    assert data.corpus_problem == {}
+    page = open(os.path.join(os.path.dirname(out), neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
+    assert "made with context='prompt'" in page
+
+
+def test_partial_run(run_dir, tmp_path):
+    """A run stopped after the truncation (no attribution, heads, scores or figures) still reports."""
+    part = str(tmp_path / "part")
+    shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("report"))
+    m = json.load(open(os.path.join(part, "manifest.json")))
+    for stage in ("attribution", "select", "explain", "score", "ablation", "stats"):
+        m["stages"].pop(stage)
+    json.dump(m, open(os.path.join(part, "manifest.json"), "w"))
+    for name in ("attribution", "test_attribution", "heads", "explanations", "scores", "predictions", "ablation",
+                 "ablation_by_head", "statistics", "table3", "table4", "figure5", "figure6"):
+        for ext in ("parquet", "csv", "png", "svg"):
+            if os.path.exists(os.path.join(part, f"{name}.{ext}")):
+                os.remove(os.path.join(part, f"{name}.{ext}"))
+    index = report(part)
+    site = os.path.dirname(index)
+    assert not os.path.exists(os.path.join(site, "heads")) or os.listdir(os.path.join(site, "heads")) == []
+    text = open(index, encoding="utf-8").read()
+    assert "not in this run" in text
+    n = pd.read_parquet(os.path.join(part, "neurons.parquet")).iloc[0]
+    page = open(os.path.join(site, neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
+    assert 'class="tok max' in page and "none was explained" in page
+
+
+def test_report_of_a_run_object(text_model_dir, run_dir, tmp_path):
+    from ctxlookup.replicate import Options, Run
+
+    m = json.load(open(os.path.join(run_dir, "manifest.json")))
+    run = Run(Options(**dict(m["options"], out=run_dir)))
+    index = ctxlookup.report(run, out=str(tmp_path / "obj"))
+    assert os.path.exists(index) and RunData(run).dir == os.path.abspath(run_dir)
+
+
+def test_report_again_replaces_its_pages(run_dir, tmp_path):
+    out = str(tmp_path / "again")
+    report(run_dir, out=out)
+    stale = os.path.join(out, "neurons", "L9N9.html")
+    open(stale, "w").write("old")
+    report(run_dir, out=out)
+    assert not os.path.exists(stale)
+
+
+# --------------------------------------------------------------------------- notebooks and CLI
+def test_notebook_views(run_dir, site):
+    scores = pd.read_parquet(os.path.join(run_dir, "scores.parquet"))
+    r = scores[scores.n_prompts_per_neuron == OPTS["prompts_per_neuron"]].iloc[0]
+    hv = HeadView(run_dir, r.layer, r.neuron, r.head_layer, r["head"])
+    h = hv._repr_html_()
+    assert h.startswith('<div class="ctxl-root frag"><style>') and ctxlookup.report.esc(r.explanation) in h
+    assert 'class="tok' in h and "href=" not in h.split("</style>", 1)[1]  # no links to pages that are not there
+    nv = NeuronView(run_dir, r.layer, r.neuron)
+    n = nv._repr_html_()
+    assert f"L{r.layer}N{r.neuron}" in n and 'class="tok max' in n
+    # the same views as the pages
+    page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
+    assert page.count('class="tok max') == n.count('class="tok max')
+    assert isinstance(view(r, run_dir), HeadView)
+    assert isinstance(view(scores.iloc[[0]], run_dir), HeadView)
+    assert isinstance(view(dict(layer=int(r.layer), neuron=int(r.neuron)), run_dir), NeuronView)
+    neurons = pd.read_parquet(os.path.join(run_dir, "neurons.parquet"))
+    assert isinstance(view(next(neurons.itertuples(index=False)), run_dir), NeuronView)
+    multi = view(scores, run_dir)
+    assert multi._repr_html_().count('<div class="ctxl-root frag">') == min(len(scores), 10)
+    rv = RunView(run_dir)._repr_html_()
+    assert "data:image/png;base64," in rv and "Explanation scores" in rv
+    # a Run object works too, and ctxlookup.report is callable
+    assert callable(ctxlookup.report) and ctxlookup.report.NeuronView is NeuronView
+
+
+def test_cli(run_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ctxlookup.__file__)))
+    out = str(tmp_path / "cli")
+    r = subprocess.run([sys.executable, "-m", "ctxlookup.cli", "report", run_dir, "--out", out, "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.join(out, "index.html") in r.stdout and os.path.exists(os.path.join(out, "index.html"))
+    r = subprocess.run([sys.executable, "-m", "ctxlookup.cli", "report", str(tmp_path / "nothing")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "not a run directory" in r.stderr
+
+
+# --------------------------------------------------------------------------- a real browser
+@pytest.fixture(scope="module")
+def browser():
+    from cdp import Browser, find_chromium
+
+    import importlib.util
+
+    if importlib.util.find_spec("websocket") is None:  # websocket-client
+        if REQUIRE:
+            pytest.fail("websocket-client is not installed (make deps installs it)")
+        pytest.skip("websocket-client is not installed (make deps installs it)")
+    if find_chromium() is None:
+        if REQUIRE:
+            pytest.fail("chromium is not installed (make sysdeps installs it)")
+        pytest.skip("chromium is not installed (make sysdeps installs it: apt-get install chromium)")
+    b = Browser()
+    yield b
+    b.close()
+
+
+def _file_url(path):
+    return "file://" + urllib.request.pathname2url(os.path.abspath(path))
+
+
+def _check_links(b, page):
+    hrefs = b.eval("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+    assert hrefs, f"{page}: no links"
+    for h in hrefs:
+        u = urllib.parse.urlsplit(h)
+        assert u.scheme == "file", f"{page}: link out of the site: {h}"
+        path = urllib.request.url2pathname(u.path)
+        assert os.path.isfile(path), f"{page}: broken link {h}"
+    return hrefs
+
+
+def _not_blank(png, tmp_path, name):
+    from PIL import Image
+
+    (tmp_path / f"{name}.png").write_bytes(png)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    assert img.shape[0] > 500 and img.shape[1] > 800
+    bg = np.median(img.reshape(-1, 3), axis=0)
+    differs = (np.abs(img - bg).sum(-1) > 30).mean()
+    assert img.std() > 10 and differs > 0.03, f"{name}: screenshot looks blank (std {img.std():.1f}, {differs:.3f})"
+
+
+def test_in_headless_chromium(browser, site, run_dir, tmp_path):
+    b = browser
+    coloured_js = ("Array.from(document.querySelectorAll('.tok')).filter(e => "
+                   "getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length")
+    # the index: explorers filled by its script, figures loaded, search works
+    mark = b.open(_file_url(os.path.join(site, "index.html")))
+    assert b.problems(mark) == []
+    assert all(u.startswith("file://") for u in b.requests(mark))
+    assert b.eval("document.querySelectorAll('[data-explorer][data-ready]').length") == 2
+    n_rows = b.eval("document.querySelectorAll('[data-explorer=neurons] tbody tr').length")
+    assert n_rows == len(RunData(run_dir).neurons)
+    assert b.eval("Array.from(document.images).every(i => i.complete && i.naturalWidth > 100)")
+    _check_links(b, "index")
+    _not_blank(b.screenshot(), tmp_path, "index")
+    first = b.eval("document.querySelector('[data-explorer=neurons] tbody a').textContent")
+    b.eval(f"(() => {{ const i = document.querySelector('[data-explorer=neurons] input'); i.value = '{first}';"
+           f" i.dispatchEvent(new Event('input')); }})()")
+    assert b.eval("document.querySelectorAll('[data-explorer=neurons] tbody tr').length") == 1
+    # follow a neuron link from the index (a real navigation), then a head link, then back to the neuron
+    pairs = RunData(run_dir).pairs
+    p = next(pairs.itertuples(index=False))
+    nl = f"L{p.layer}N{p.neuron}"
+    b.eval(f"(() => {{ const i = document.querySelector('[data-explorer=neurons] input'); i.value = '{nl}';"
+           f" i.dispatchEvent(new Event('input')); }})()")
+    mark = len(b.events)
+    b.eval(f"Array.from(document.querySelectorAll('[data-explorer=neurons] tbody a')).find(a => a.textContent === '{nl}').click()")
+    b.wait_navigation(mark)
+    assert b.eval("location.href").endswith(neuron_page(p.layer, p.neuron))
+    assert b.problems(mark) == []
+    assert b.eval(coloured_js) > 20
+    assert b.eval("document.querySelectorAll('.tok.max').length") >= 1
+    assert b.eval("document.querySelectorAll('script').length") == 0  # the hostile corpus ran nothing
+    _check_links(b, "neuron")
+    _not_blank(b.screenshot(), tmp_path, "neuron")
+    target = head_page(p.layer, p.neuron, p.head_layer, p.head)
+    mark = len(b.events)
+    b.eval(f"Array.from(document.querySelectorAll('a')).find(a => a.href.endsWith('{target}')).click()")
+    b.wait_navigation(mark)
+    assert b.eval("location.href").endswith(target)
+    assert b.problems(mark) == []
+    assert b.eval(coloured_js) > 20
+    assert b.eval("document.querySelector('h1').textContent").startswith(f"Head L{p.head_layer}H{p.head}")
+    _check_links(b, "head")
+    _not_blank(b.screenshot(), tmp_path, "head")
+    mark = len(b.events)
+    b.eval("document.querySelector('h1 a').click()")
+    b.wait_navigation(mark)
+    assert b.eval("location.href").endswith(neuron_page(p.layer, p.neuron))
+    # every other page opens cleanly too
+    for page in sorted(_pages(site)):
+        mark = b.open(_file_url(page))
+        assert b.problems(mark) == [], page
+    assert not [e for e in b.events if e["method"] == "Page.javascriptDialogOpening"]
+
+
+def test_big_index_pages_in_chromium(browser, run_dir, tmp_path):
+    site = os.path.dirname(_big_site(run_dir, tmp_path))
+    b = browser
+    mark = b.open(_file_url(os.path.join(site, "index.html")))
+    assert b.problems(mark) == []
+    info = "document.querySelector('[data-explorer=neurons] .info').textContent"
+    rows = "document.querySelectorAll('[data-explorer=neurons] tbody tr').length"
+    assert b.eval(rows) == 50 and b.eval(info).startswith("showing 1\u201350 of 384")
+    b.eval("document.querySelector('[data-explorer=neurons] button.next').click()")
+    assert b.eval(info).startswith("showing 51\u2013100 of 384") and b.eval(rows) == 50
+    b.eval("(() => { const i = document.querySelector('[data-explorer=neurons] input'); i.value = 'L2N12';"
+           " i.dispatchEvent(new Event('input')); })()")
+    assert b.eval(rows) == 9  # L2N12, L2N120..L2N127
+    mark = b.open(_file_url(os.path.join(site, "lists", "neurons-8.html")))
+    assert b.problems(mark) == []
+    _check_links(b, "list")
+
+
+def test_characters_split_over_tokens_are_shown_whole(text_model_dir):
+    from ctxlookup.report import _token_strings
+
+    tok = ctxlookup.Tokenizer.load(text_model_dir)
+    for text in ["They couldn\u2019t keep \u201cyou\u201d \u65e5\u672c\u8a9e ok", "\U0001f389\U0001f389 fun", "plain text",
+                 "\u4e2d\u6587\u6587\u672c\u7684\u6d4b\u8bd5\uff0c\u5305\u62ec\u6807\u70b9\u3002" * 3]:
+        ids = tok.encode(text)
+        strs = _token_strings(tok, ids)
+        assert len(strs) == len(ids) and "".join(strs) == text and not any("\ufffd" in s for s in strs)
+    assert _token_strings(tok, tok.encode("couldn\u2019t"))[-3:] == ["", "\u2019", "t"]
