@@ -116,3 +116,19 @@ def test_glitch_detection_flags_low_norm_and_padding(checkpoint, tmp_path):
     df = next_token_neurons(m, layers=[1], top_k=300 * 0 + 50, token_filter=None, exclude_glitch=True)
     assert not df.token_id.isin([7, 123]).any()
     assert set(df.attrs["excluded_tokens"].token_id) == {7, 123}
+
+
+def test_rare_in_corpus_tokens_are_flagged(text_model_dir):
+    from conftest import SHARED
+
+    m = ctxlookup.Model.load(text_model_dir)
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl", limit=60)
+    g = detect_glitch_tokens(m, corpus=corpus, max_docs=60, min_count=5)
+    flagged = g.set_index("token_id")
+    the, magikarp = m.to_single_token(" the"), m.to_single_token(" SolidGoldMagikarp")
+    assert the not in flagged.index
+    assert magikarp in flagged.index and flagged.loc[magikarp, "corpus_count"] == 0
+    rare = g[g.reason == "rare_in_corpus"]
+    assert len(rare) > 1000 and (rare.corpus_count < 5).all()
+    df = next_token_neurons(m, layers=[2], top_k=5, corpus=corpus)
+    assert not df.token_id.isin(g.token_id).any()

@@ -74,16 +74,18 @@ def whole_word_mask(strings: Sequence[Optional[str]]) -> np.ndarray:
     return np.array([s is not None and s.startswith(" ") and len(s) > 2 for s in strings], dtype=bool)
 
 
-def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0) -> pd.DataFrame:
+def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0, min_count: int = 5) -> pd.DataFrame:
     """Tokens that produce spurious top neurons, with the reason each was flagged.
 
     Reasons: ``padding`` (an embedding row the tokenizer never produces: padded vocabularies),
     ``unreachable`` (encoding the token's own text does not give the token back: BPE never emits
     it, so it was never trained as an input; special tokens excepted), ``low_embedding_norm`` (the
     centred embedding's norm is a robust outlier below the rest, z < ``norm_z`` with the median and
-    1.4826 x MAD: the signature of under-trained tokens). With a ``corpus``, ``corpus_count`` gives
-    each flagged token's occurrences in its first ``max_docs`` documents.
-    Returns a DataFrame ``[token_id, token, reason, norm_z]``.
+    1.4826 x MAD: the signature of under-trained tokens), and, with a ``corpus``, ``rare_in_corpus``
+    (fewer than ``min_count`` occurrences in its first ``max_docs`` documents: BPE pieces that text
+    almost always merges further, such as " citiz", are under-trained, and a neuron whose token
+    the corpus never shows cannot be studied with prompts from it). ``corpus_count`` then gives
+    every flagged token's occurrences. Returns a DataFrame ``[token_id, token, reason, norm_z]``.
     """
     V = model.cfg.d_vocab
     strings = token_strings(model)
@@ -113,15 +115,19 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     for t in np.nonzero(z[:n_real] < norm_z)[0]:
         if int(t) not in flagged:
             rows.append((int(t), strings[t], "low_embedding_norm", float(z[t])))
+    counts = None
+    if corpus is not None and tok is not None:
+        counts = np.zeros(V, np.int64)
+        texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
+        for ids in tok.encode_batch(texts):
+            np.add.at(counts, ids[ids < V], 1)
+        flagged = {r[0] for r in rows}
+        for t in np.nonzero(counts[:n_real] < min_count)[0]:
+            if int(t) not in flagged and int(t) not in special:
+                rows.append((int(t), strings[t], "rare_in_corpus", float(z[t])))
     df = pd.DataFrame(rows, columns=["token_id", "token", "reason", "norm_z"]).sort_values("token_id", kind="stable")
     df = df.reset_index(drop=True)
-    if corpus is not None and tok is not None and len(df):
-        counts = np.zeros(V, np.int64)
-        for i, doc in enumerate(corpus):
-            if i >= max_docs:
-                break
-            ids = tok.encode(doc.text)
-            np.add.at(counts, ids[ids < V], 1)
+    if counts is not None:
         df["corpus_count"] = counts[df["token_id"].to_numpy()]
     return df
 
@@ -133,15 +139,16 @@ def _scores(model, layer, U, allowed, top):
 
 def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Optional[int] = None,
                        direction: str = "unembed", token_filter: Optional[str] = "whole_word",
-                       exclude_glitch: bool = True, top_tokens: int = 5, glitch: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+                       exclude_glitch: bool = True, top_tokens: int = 5, glitch: Optional[pd.DataFrame] = None,
+                       corpus=None) -> pd.DataFrame:
     """The ``top_k`` neurons per layer with the largest congruence to a candidate token.
 
     Returns a DataFrame with columns ``layer, neuron, token_id, token, congruence, rank`` (rank
     within its layer, 0 = most congruent) and ``top_token_ids, top_tokens, top_congruences`` (the
     neuron's best ``top_tokens`` candidates). ``token_filter="whole_word"`` keeps tokens that start
     with a space and are longer than 2 characters (the authors'); None keeps every token.
-    With ``exclude_glitch``, tokens from :func:`detect_glitch_tokens` (or ``glitch``) are not
-    candidates; ``df.attrs["excluded_tokens"]`` lists them with reasons and
+    With ``exclude_glitch``, tokens from :func:`detect_glitch_tokens` (run with ``corpus``, the
+    corpus the prompts will come from, when given; or the table ``glitch``) are not candidates; ``df.attrs["excluded_tokens"]`` lists them with reasons and
     ``df.attrs["excluded_neurons"]`` the neurons that would have been selected through one.
     """
     d_layers, d_top = default_layers(model)
@@ -162,7 +169,7 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
         raise ValueError(f"token_filter must be 'whole_word' or None, got '{token_filter}'")
     excluded_tokens = pd.DataFrame(columns=["token_id", "token", "reason", "norm_z"])
     if exclude_glitch:
-        excluded_tokens = detect_glitch_tokens(model) if glitch is None else glitch
+        excluded_tokens = detect_glitch_tokens(model, corpus=corpus) if glitch is None else glitch
         clean = allowed.copy()
         clean[excluded_tokens["token_id"].to_numpy(dtype=np.int64)] = False
     else:

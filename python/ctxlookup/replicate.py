@@ -277,7 +277,7 @@ class Run:
         d_layers, d_top = default_layers(m)
         layers = self.opts.layers or d_layers
         top = self.opts.neurons_per_layer or d_top
-        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction)
+        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction, corpus=self.corpus("train"))
         rnd = random_neurons(m, layers=layers, n=min(self.opts.random_per_layer, m.cfg.d_mlp), seed=self.opts.seed,
                              direction=self.opts.direction)
         cols = ["layer", "neuron", "token_id", "token", "congruence", "rank"]
