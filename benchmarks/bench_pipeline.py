@@ -70,10 +70,10 @@ def main():
             buf.append(t)
             tot += len(t)
             if tot >= 8192:
-                model.run_with_cache(buf, names_filter=[], stop_at_layer=n_layer, return_logits=False)
+                model.run_with_cache(buf, names_filter=[f"blocks.{n_layer - 1}.mlp.hook_post"], stop_at_layer=n_layer, pos="last", return_logits=False)
                 buf, tot = [], 0
         if buf:
-            model.run_with_cache(buf, names_filter=[], stop_at_layer=n_layer, return_logits=False)
+            model.run_with_cache(buf, names_filter=[f"blocks.{n_layer - 1}.mlp.hook_post"], stop_at_layer=n_layer, pos="last", return_logits=False)
     t0 = time.perf_counter()
     plain()
     t_plain = time.perf_counter() - t0
