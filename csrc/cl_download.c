@@ -513,6 +513,20 @@ static void set_url(cl_dl_result *res, CURL *e) {
     }
 }
 
+/* An error status: retry later (honouring Retry-After up to its cap) when it is retryable, else fail. */
+static void retry_or_fail(run *R, slot *s, size_t i, long st, double now) {
+    double ra = s->retry_after_ms >= 0 ? s->retry_after_ms / 1000.0 : s->retry_after;
+    if (cl_http_retryable_status(st)) {
+        if (ra > R->o->retry_after_max_s) {
+            finish_req(R, i, CL_DL_HTTP, "HTTP %ld: the server asked to retry after %.0f s (Retry-After), more than %.0f s", st,
+                       ra, R->o->retry_after_max_s);
+            return;
+        }
+        if (retry_later(R, i, 1, 0, ra, now)) return;
+    }
+    finish_req(R, i, CL_DL_HTTP, "HTTP %ld", st);
+}
+
 static void finish_head(run *R, slot *s, CURLcode code, double now) {
     size_t i = s->idx;
     const cl_dl_req *rq = &R->b->reqs[i];
@@ -551,16 +565,7 @@ static void finish_head(run *R, slot *s, CURLcode code, double now) {
         return;
     }
     if (st >= 200 && st < 300) { finish_req(R, i, CL_DL_NONE, NULL); return; }
-    double ra = s->retry_after_ms >= 0 ? s->retry_after_ms / 1000.0 : s->retry_after;
-    if (cl_http_retryable_status(st)) {
-        if (ra > R->o->retry_after_max_s) {
-            finish_req(R, i, CL_DL_HTTP, "HTTP %ld: the server asked to retry after %.0f s (Retry-After), more than %.0f s", st,
-                       ra, R->o->retry_after_max_s);
-            return;
-        }
-        if (retry_later(R, i, 1, 0, ra, now)) return;
-    }
-    finish_req(R, i, CL_DL_HTTP, "HTTP %ld", st);
+    retry_or_fail(R, s, i, st, now);
 }
 
 static void finish_get(run *R, slot *s, CURLcode code, double now) {
@@ -625,16 +630,7 @@ static void finish_get(run *R, slot *s, CURLcode code, double now) {
         finish_req(R, i, CL_DL_HTTP, "HTTP 416 (range not satisfiable)");
         return;
     }
-    double ra = s->retry_after_ms >= 0 ? s->retry_after_ms / 1000.0 : s->retry_after;
-    if (cl_http_retryable_status(st)) {
-        if (ra > R->o->retry_after_max_s) {
-            finish_req(R, i, CL_DL_HTTP, "HTTP %ld: the server asked to retry after %.0f s (Retry-After), more than %.0f s", st,
-                       ra, R->o->retry_after_max_s);
-            return;
-        }
-        if (retry_later(R, i, 1, 0, ra, now)) return;
-    }
-    finish_req(R, i, CL_DL_HTTP, "HTTP %ld", st);
+    retry_or_fail(R, s, i, st, now);
 }
 
 static void finish_attempt(run *R, slot *s, CURLcode code, double now) {

@@ -182,6 +182,20 @@ static int prep_tokens(PyObject *to, PyObject *lo, PyArrayObject **T, PyArrayObj
     return 0;
 }
 
+/* A forward pass whose only outputs are the slots' observers: blocks [0, stop), no logits, the
+ * GIL released, Ctrl-C honoured. Returns -1 with the exception set on failure. */
+static int observe_forward(const cl_model *m, PyArrayObject *T, PyArrayObject *L, int T_pad, int stop, cl_hook_slot *slots) {
+    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = (int)PyArray_DIM(L, 0), .T_pad = T_pad,
+                      .stop_at_layer = stop, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
+    cl_error err = {0};
+    cl_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = cl_forward(m, &fa, &err);
+    Py_END_ALLOW_THREADS
+    if (st) { clpy_raise(&err); return -1; }
+    return 0;
+}
+
 static PyObject *py_scan_batch(PyObject *self, PyObject *args) {
     PyObject *mo, *so, *to, *lo, *dobj;
     int skip_first;
@@ -214,15 +228,9 @@ static PyObject *py_scan_batch(PyObject *self, PyObject *args) {
     }
     s->batch_docs = PyArray_DATA(Dd);
     s->skip_first = skip_first;
-    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = B, .T_pad = T_pad,
-                      .stop_at_layer = deepest + 1, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
-    cl_error err = {0};
-    cl_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = cl_forward(m, &fa, &err);
-    Py_END_ALLOW_THREADS
+    int rc = observe_forward(m, T, L, T_pad, deepest + 1, slots);
     s->batch_docs = NULL;
-    if (st) { clpy_raise(&err); goto done; }
+    if (rc < 0) goto done;
     res = Py_None;
     Py_INCREF(res);
 done:
@@ -268,14 +276,7 @@ static PyObject *py_attribute_batch(PyObject *self, PyObject *args) {
         p->observe = cl_attribution_observe_post;
         p->observe_ctx = &at;
     }
-    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = B, .T_pad = T_pad,
-                      .stop_at_layer = deepest + 1, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
-    cl_error err = {0};
-    cl_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = cl_forward(m, &fa, &err);
-    Py_END_ALLOW_THREADS
-    if (st) { clpy_raise(&err); goto done; }
+    if (observe_forward(m, T, L, T_pad, deepest + 1, slots) < 0) goto done;
     res = Py_BuildValue("(OO)", score, act);
 done:
     free(slots);

@@ -101,7 +101,6 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     for t in range(n_real, V):
         rows.append((t, None, "padding", float(z[t])))
     if tok is not None:
-        ids = np.arange(n_real, dtype=np.int32)
         texts = [strings[i] for i in range(n_real)]
         encoded = tok.encode_batch([s if s is not None else "" for s in texts], allow_special=True)
         for t in range(n_real):
@@ -110,7 +109,6 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
             e = encoded[t]
             if len(e) != 1 or int(e[0]) != t:
                 rows.append((t, strings[t], "unreachable", float(z[t])))
-        del ids
     flagged = {r[0] for r in rows}
     for t in np.nonzero(z[:n_real] < norm_z)[0]:
         if int(t) not in flagged:

@@ -187,22 +187,16 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
 
 
 def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384):
-    """Activation of each prompt's neuron at its last token: a batched forward to the layer."""
+    """Activation of each prompt's neuron at its last token: batched forward passes to the layer."""
+    from .attribution import _batches
+
     out = np.empty(len(prompts), np.float32)
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    i = 0
-    while i < len(order):
-        j, tot = i, 0
-        while j < len(order) and (tot + len(prompts[order[j]]) <= batch_tokens or j == i):
-            tot += len(prompts[order[j]])
-            j += 1
-        idx = order[i:j]
-        lens = np.array([len(prompts[x]) for x in idx], np.int32)
-        _, acts = _core.attribute_batch(model._core, np.concatenate([prompts[x] for x in idx]).astype(np.int32), lens,
-                                        np.array([layer_of[x] for x in idx], np.int32),
+    lengths = np.array([len(p) for p in prompts])
+    for idx in _batches(lengths, batch_tokens):
+        _, acts = _core.attribute_batch(model._core, np.concatenate([prompts[x] for x in idx]).astype(np.int32),
+                                        lengths[idx].astype(np.int32), np.array([layer_of[x] for x in idx], np.int32),
                                         np.array([neuron_of[x] for x in idx], np.int32))
         out[idx] = acts
-        i = j
     return out
 
 
