@@ -1,6 +1,7 @@
 /* cl_kernels.c: the forward pass's elementwise and attention kernels, written so GCC
  * vectorises them without -ffast-math (inner loops are axpy-shaped, never reductions over
- * floats in a changing order), and compiled for AVX2+FMA where the CPU has it (target_clones).
+ * floats in a changing order), and compiled for AVX-512 or AVX2+FMA where the CPU has them
+ * (target_clones by ISA level, so AMD and Intel CPUs alike get the wide versions).
  * Pure functions of their arguments: no allocation, no BLAS, no hooks, no globals. */
 #include "cl_kernels.h"
 
@@ -9,7 +10,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CL_NO_CLONES)
-#define HOT __attribute__((target_clones("arch=haswell", "default")))
+#define HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT
 #endif
