@@ -3,7 +3,8 @@
 Identical random weights of GPT-2-small shape (12 layers, d_model 768, 12 heads, vocab 50257),
 2 threads everywhere, batch 8 x 128 and 1 x 1024 tokens; with logits only, and with every
 ``attn.hook_result`` and ``mlp.hook_post`` captured. Prints tokens/s and ratios, the GEMM share
-of ctxlookup's time against plain OpenBLAS sgemm at the same shapes, the machine's limit
+of ctxlookup's time and its speed against plain OpenBLAS sgemm (OpenBLAS's own threads) at
+the same shapes, the machine's limit
 (plain-sgemm GFLOP/s divided by the model's FLOPs per token), and the resident memory that
 loading a checkpoint adds, against the weights' bytes.
 
@@ -32,20 +33,30 @@ def best_of(fn, reps):
     return min(times)
 
 
-QB = 128  # csrc/cl_forward.c: query block of the BLAS attention path and row chunk of the unembedding
+def gemm_account(model, toks, threads):
+    """One forward with GEMM accounting on: (wall seconds, seconds inside GEMMs, the same GEMMs'
+    seconds as plain OpenBLAS sgemm calls on OpenBLAS's own threads, GEMM FLOPs).
 
+    The core records every GEMM's shape. A GEMM the forward splits over its threads is compared
+    with OpenBLAS running the whole shape on `threads` threads; a GEMM that runs as one task of a
+    parallel loop (attention blocks) with single-threaded OpenBLAS at that shape, both counted
+    as thread-seconds divided by the team size."""
+    from ctxlookup import _core
 
-def gemm_shapes(cfg, B, T):
-    """The GEMMs ctxlookup issues for a (B, T) batch: per layer, and once (unembedding)."""
-    N = B * T
-    D, M, V, H, dh = cfg["d_model"], cfg["d_mlp"], cfg["d_vocab"], cfg["n_heads"], cfg["d_head"]
-    per_layer = [(N, 3 * D, D, 0), (N, D, D, 0), (N, M, D, 0), (N, D, M, 0)]
-    if T >= 2 * QB:  # blocked attention: scores (rows, end, d_head) and pattern @ v (rows, d_head, end)
-        for i0 in range(0, T, QB):
-            rows, end = min(QB, T - i0), min(T, i0 + QB)
-            per_layer += [(rows, end, dh, 1), (rows, dh, end, 0)] * (B * H)
-    unembed = [(min(QB, T - r0), V, D, 1) for r0 in range(0, T, QB)] * B
-    return per_layer, unembed
+    _core._blas_stats(1)
+    t0 = time.perf_counter()
+    model(toks)
+    total = time.perf_counter() - t0
+    st = _core._blas_stats(0)
+    assert st["dropped_shapes"] == 0, "more GEMM shapes than the accounting table holds"
+    plain = 0.0
+    for e in st["shapes"]:
+        assert e["transA"] == 0
+        if e["in_task"]:
+            plain += _core._sgemm_bench(e["M"], e["N"], e["K"], e["transB"], 3, 1) * e["calls"] / e["team"]
+        else:
+            plain += _core._sgemm_bench(e["M"], e["N"], e["K"], e["transB"], 3, threads) * e["calls"]
+    return total, st["seconds"], plain, st["flops"]
 
 
 def model_flops_per_token(cfg, T):
@@ -120,18 +131,9 @@ def main():
         res["ctxlookup logits"] = best_of(lambda: model(toks), args.reps)
         res["ctxlookup hooks"] = best_of(lambda: model.run_with_cache(toks, names_filter=hooked), args.reps)
 
-        # GEMM share: time inside cl_sgemm during one forward vs plain sgemm at the same shapes
-        _core._blas_stats(1)
-        t0 = time.perf_counter()
-        model(toks)
-        total = time.perf_counter() - t0
-        inside = _core._blas_stats(0)
-        per_layer, unembed = gemm_shapes(cfg, B, T)
-        bench = {}
-        for s in set(per_layer) | set(unembed):
-            bench[s] = _core._sgemm_bench(*s, 3)
-        plain = n_layer * sum(bench[s] for s in per_layer) + sum(bench[s] for s in unembed)
-        gflops_plain = inside["flops"] / plain / 1e9
+        # GEMM share and speed: time inside the core's GEMMs vs plain OpenBLAS sgemm at the same shapes
+        total, inside, plain, flops = gemm_account(model, toks, args.threads)
+        gflops_plain = flops / plain / 1e9
         limit_tok_s = gflops_plain * 1e9 / model_flops_per_token(cfg, T)
         ntok = B * T
         rows.append(dict(
@@ -139,8 +141,8 @@ def main():
             **{f"{k} tok/s": ntok / v for k, v in res.items()},
             ratio_vs_transformers=res["transformers logits"] / res["ctxlookup logits"],
             ratio_hooks_vs_transformerlens=res["TransformerLens hooks"] / res["ctxlookup hooks"],
-            gemm_share_of_time=inside["seconds"] / total,
-            gemm_efficiency_vs_plain_sgemm=plain / inside["seconds"],
+            gemm_share_of_time=inside / total,
+            gemm_efficiency_vs_plain_sgemm=plain / inside,
             plain_sgemm_gflops=gflops_plain,
             machine_limit_tok_s=limit_tok_s,
             fraction_of_limit=(ntok / res["ctxlookup logits"]) / limit_tok_s,

@@ -1,7 +1,9 @@
-/* cl_common.c: the error record and small file helpers. No Python, no printing. */
+/* cl_common.c: the error record, the thread setting and small file helpers. No Python, no printing. */
 #include "cl_common.h"
 
 #include <errno.h>
+#include <omp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,3 +49,14 @@ cl_status cl_read_file(const char *path, char **data, size_t *len, cl_error *err
     if (len) *len = n;
     return CL_OK;
 }
+
+static atomic_int num_threads; /* 0: not chosen yet */
+
+int cl_num_threads(void) {
+    int n = atomic_load(&num_threads);
+    if (n > 0) return n;
+    n = omp_get_max_threads();
+    return n > 0 ? n : 1;
+}
+
+void cl_set_num_threads(int n) { atomic_store(&num_threads, n > 0 ? n : 0); }

@@ -48,6 +48,12 @@ static inline int cl_mul_size(size_t a, size_t b, size_t *out) {
     return 1;
 }
 
+/* Threads for the core's parallel work (GEMMs included): one OpenMP team, one setting.
+ * Default: OpenMP's default (OMP_NUM_THREADS, else the CPUs). Every parallel region in the core
+ * names it (num_threads(cl_num_threads())), so it holds on whichever thread calls the core. */
+int cl_num_threads(void);
+void cl_set_num_threads(int n);
+
 /* Read a whole small file (config.json, vocab.json) into a NUL-terminated buffer. */
 cl_status cl_read_file(const char *path, char **data, size_t *len, cl_error *err);
 

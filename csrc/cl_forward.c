@@ -1,9 +1,10 @@
 /* cl_forward.c: embed -> blocks (sequential | parallel) -> ln_final -> unembed, with hooks.
  * Activations are packed: only real tokens are computed (sequences back to back, no padding),
  * so every row of a padded batch gets exactly the numbers it gets alone, and padding costs
- * nothing. Attention is per sequence and head, causal half only. GEMMs use OpenBLAS threads;
- * attention and elementwise loops use OpenMP, never nested inside a GEMM. Stops after the
- * deepest hook point anyone asked for when logits are not wanted. */
+ * nothing. Attention is per sequence and head (and query block, for long sequences), causal
+ * half only. One OpenMP team does everything: GEMMs split across it (cl_blas.c), attention
+ * tasks spread over it with single-threaded GEMMs inside. Stops after the deepest hook point
+ * anyone asked for when logits are not wanted. */
 #include "cl_forward.h"
 
 #include <math.h>
@@ -111,19 +112,38 @@ static cl_status hook_attention(fwd *f, cl_hook_kind kind, int layer, cl_error *
     return CL_OK;
 }
 
-/* Causal attention for one long sequence and head with BLAS: query rows in blocks of QB;
- * each block's scores need keys 0..end of the block only, so the masked half is never
- * computed except inside the diagonal block. S: at least QB * T floats. */
+/* Causal attention for query rows i0..i0+rows of one long sequence and head, with BLAS: the
+ * block's scores need keys 0..i0+rows only, so the masked half is never computed except inside
+ * the diagonal block. Runs on the calling thread (one task of a parallel loop). S: at least
+ * rows * (i0 + rows) floats. */
 enum { QB = 128 };
-static void attention_head_blas(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
-                                int T, int d_head, float scale, float *S) {
-    for (int i0 = 0; i0 < T; i0 += QB) {
-        int rows = T - i0 < QB ? T - i0 : QB, end = i0 + rows;
-        cl_sgemm(0, 1, rows, end, d_head, q + (size_t)i0 * stride, (int)stride, k, (int)stride, 0.0f, S, end);
-        for (size_t i = 0; i < (size_t)rows * end; i++) S[i] *= scale;
-        cl_softmax_causal(S, end, rows, i0, end);
-        cl_sgemm(0, 0, rows, d_head, end, S, end, v, (int)stride, 0.0f, z + (size_t)i0 * zstride, (int)zstride);
-    }
+static void attention_block_blas(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
+                                 int i0, int rows, int d_head, float scale, float *S) {
+    int end = i0 + rows;
+    cl_sgemm(0, 1, rows, end, d_head, q + (size_t)i0 * stride, (int)stride, k, (int)stride, 0.0f, S, end);
+    cl_softmax_causal(S, end, rows, i0, end, scale);
+    cl_sgemm(0, 0, rows, d_head, end, S, end, v, (int)stride, 0.0f, z + (size_t)i0 * zstride, (int)zstride);
+}
+
+/* Attention work of one layer, as independent tasks over the threads: a whole (sequence, head)
+ * for short sequences (the fused kernel), a block of QB query rows of one for long ones (BLAS). */
+typedef struct {
+    int32_t b, h, i0; /* i0 < 0: the whole sequence with the fused kernel */
+} attn_task;
+
+static attn_task *attention_tasks(const cl_fwd_args *a, int H, int *n_tasks) {
+    size_t n = 0;
+    for (int b = 0; b < a->B; b++) n += (size_t)H * (a->lengths[b] < 2 * QB ? 1 : (a->lengths[b] + QB - 1) / QB);
+    attn_task *t = malloc(n * sizeof *t);
+    if (!t) return NULL;
+    size_t i = 0;
+    for (int b = 0; b < a->B; b++) /* each head's blocks from the last (the costliest) down, for dynamic scheduling */
+        for (int h = 0; h < H; h++) {
+            if (a->lengths[b] < 2 * QB) { t[i++] = (attn_task){b, h, -1}; continue; }
+            for (int i0 = (a->lengths[b] - 1) / QB * QB; i0 >= 0; i0 -= QB) t[i++] = (attn_task){b, h, i0};
+        }
+    *n_tasks = (int)n;
+    return t;
 }
 
 #define TRY(x) do { st = (x); if (st) goto done; } while (0)
@@ -136,6 +156,8 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     cl_status st = CL_OK;
     fwd f = {m, a, NULL, 0, 0, NULL, NULL};
     int32_t *start = NULL;
+    int n_attn_tasks = 0;
+    attn_task *attn_tasks = NULL;
     float *resid = NULL, *ln = NULL, *scale = NULL, *qkv = NULL, *z = NULL, *attn_out = NULL, *mlp = NULL,
           *mlp_out = NULL, *result = NULL, *scratch = NULL;
 
@@ -208,8 +230,10 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
 
     /* ---- buffers ---- */
     size_t wide = 3 * D > M ? 3 * D : M;
-    int nthreads = omp_get_max_threads();
-    size_t scratch_per = (size_t)maxT * dh + (size_t)maxT;
+    const int nthreads = cl_num_threads();
+    size_t scratch_per = (size_t)maxT * dh + (size_t)maxT; /* fused kernel: k^T and a score row */
+    if (maxT >= 2 * QB && (size_t)QB * maxT > scratch_per) scratch_per = (size_t)QB * maxT; /* a BLAS score block */
+
     resid = malloc(N * D * sizeof(float));
     ln = malloc(N * D * sizeof(float));
     scale = malloc(N * sizeof(float));
@@ -219,12 +243,12 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     mlp = malloc(N * M * sizeof(float));
     mlp_out = malloc(N * D * sizeof(float));
     size_t tmp_n = N * (wide > (size_t)H * D ? wide : (size_t)H * D);
-    if ((size_t)QB * maxT > tmp_n) tmp_n = (size_t)QB * maxT;
     f.tmp = malloc(tmp_n * sizeof(float));
     scratch = malloc((size_t)nthreads * scratch_per * sizeof(float));
     if (want_result) result = malloc(N * (size_t)H * D * sizeof(float));
     if (want_attn_buf) f.attn_buf = malloc((size_t)a->B * H * a->T_pad * a->T_pad * sizeof(float));
-    if (!resid || !ln || !scale || !qkv || !z || !attn_out || !mlp || !mlp_out || !f.tmp || !scratch ||
+    attn_tasks = attention_tasks(a, H, &n_attn_tasks);
+    if (!resid || !ln || !scale || !qkv || !z || !attn_out || !mlp || !mlp_out || !f.tmp || !scratch || !attn_tasks ||
         (want_result && !result) || (want_attn_buf && !f.attn_buf)) {
         st = cl_fail(err, CL_ENOMEM, "out of memory for activations of %zu tokens", N);
         goto done;
@@ -270,7 +294,7 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
         const int tasks = a->B * H;
         if (slot_of(&f, CL_HK_ATTN_SCORES, l) || slot_of(&f, CL_HK_PATTERN, l)) {
             const size_t T = a->T_pad;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
             for (int task = 0; task < tasks; task++) {
                 int b = task / H, h = task % H;
                 const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
@@ -278,41 +302,30 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
                                     scratch + (size_t)omp_get_thread_num() * scratch_per);
             }
             TRY(hook_attention(&f, CL_HK_ATTN_SCORES, l, err));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
             for (int task = 0; task < tasks; task++) {
                 int b = task / H, h = task % H;
                 cl_attention_softmax(f.attn_buf + ((size_t)b * H + h) * T * T, T, a->lengths[b], (int)T);
             }
             TRY(hook_attention(&f, CL_HK_PATTERN, l, err));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
             for (int task = 0; task < tasks; task++) {
                 int b = task / H, h = task % H;
                 const float *v = qkv + (size_t)start[b] * 3 * D + 2 * D + (size_t)h * dh;
                 cl_attention_pv(z + (size_t)start[b] * D + (size_t)h * dh, D, f.attn_buf + ((size_t)b * H + h) * T * T, T, v, 3 * D,
                                 a->lengths[b], dh);
             }
-        } else if (maxT >= 2 * QB) {
-            /* long sequences: (b, h) in turn, each a few multithreaded GEMMs */
-            for (int task = 0; task < tasks; task++) {
-                int b = task / H, h = task % H;
-                if (a->lengths[b] < 2 * QB) {
-                    const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
-                    cl_attention_head(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D,
-                                      a->lengths[b], dh, sc, scratch);
-                    continue;
-                }
-                const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
-                attention_head_blas(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D, a->lengths[b],
-                                    dh, sc, f.tmp);
-            }
         } else {
-            /* short sequences: many small (b, h) tasks across threads */
-#pragma omp parallel for schedule(dynamic, 1)
-            for (int task = 0; task < tasks; task++) {
-                int b = task / H, h = task % H;
-                const float *q = qkv + (size_t)start[b] * 3 * D + (size_t)h * dh;
-                cl_attention_head(z + (size_t)start[b] * D + (size_t)h * dh, D, q, q + D, q + 2 * D, 3 * D, a->lengths[b], dh, sc,
-                                  scratch + (size_t)omp_get_thread_num() * scratch_per);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+            for (int i = 0; i < n_attn_tasks; i++) {
+                const attn_task t = attn_tasks[i];
+                const float *q = qkv + (size_t)start[t.b] * 3 * D + (size_t)t.h * dh;
+                float *zo = z + (size_t)start[t.b] * D + (size_t)t.h * dh, *sc_buf = scratch + (size_t)omp_get_thread_num() * scratch_per;
+                if (t.i0 < 0)
+                    cl_attention_head(zo, D, q, q + D, q + 2 * D, 3 * D, a->lengths[t.b], dh, sc, sc_buf);
+                else
+                    attention_block_blas(zo, D, q, q + D, q + 2 * D, 3 * D, t.i0,
+                                         a->lengths[t.b] - t.i0 < QB ? a->lengths[t.b] - t.i0 : QB, dh, sc, sc_buf);
             }
         }
         TRY(hook_rows(&f, CL_HK_Z, l, z, D, err));
@@ -402,6 +415,6 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
 done:
     free(start);
     free(resid); free(ln); free(scale); free(qkv); free(z); free(attn_out); free(mlp); free(mlp_out);
-    free(result); free(scratch); free(f.tmp); free(f.attn_buf);
+    free(result); free(scratch); free(f.tmp); free(f.attn_buf); free(attn_tasks);
     return st;
 }

@@ -2,12 +2,19 @@
  * vectorises them without -ffast-math (inner loops are axpy-shaped, never reductions over
  * floats in a changing order), and compiled for AVX-512 or AVX2+FMA where the CPU has them
  * (target_clones by ISA level, so AMD and Intel CPUs alike get the wide versions).
- * Pure functions of their arguments: no allocation, no BLAS, no hooks, no globals. */
+ * Pure functions of their arguments: no allocation, no BLAS, no hooks; the only global read is
+ * the core's thread count (cl_num_threads). */
 #include "cl_kernels.h"
+
+#include "cl_common.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* v16 helpers are inlined; no vector crosses an ABI boundary */
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CL_NO_CLONES)
 #define HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -40,9 +47,43 @@ static inline float fast_expf(float x) {
 
 float cl_expf(float x) { return fast_expf(x); }
 
+/* 16 floats, GCC/Clang vector extensions: one zmm in the AVX-512 clone, two ymm or four xmm in
+ * the others. Used where GCC does not vectorise plain loops by itself (reductions, blocks). */
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+enum { W = 16 };
+
+static inline v16 vload(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline v16 vsplat(float x) { return (v16){0} + x; }
+static inline v16 vselect(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+static inline v16 vmax(v16 a, v16 b) { return vselect(a > b, a, b); }
+static inline float hmax(v16 v) { float m = v[0]; for (int k = 1; k < W; k++) m = v[k] > m ? v[k] : m; return m; }
+static inline float hsum(v16 v) { float s = 0.0f; for (int k = 0; k < W; k++) s += v[k]; return s; }
+
+/* fast_expf on 16 lanes: the same operations, lane by lane. */
+static inline v16 vexp(v16 x) {
+    x = vmax(x, vsplat(-87.33654f));
+    x = vselect(x > 88.0f, vsplat(88.0f), x);
+    const float magic = 12582912.0f;
+    v16 t = x * 1.44269504088896341f + magic;
+    v16 n = t - magic;
+    v16 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v16 p = vsplat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    v16 y = p * r * r + r + 1.0f;
+    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return y * (v16)bits;
+}
+
 HOT void cl_layernorm(float *out, float *scale, const float *inp, const float *w, const float *b, size_t N, size_t C,
                       float eps) {
-#pragma omp parallel for schedule(static) if (N * C > 32768)
+#pragma omp parallel for schedule(static) num_threads(cl_num_threads()) if (N * C > 32768)
     for (size_t r = 0; r < N; r++) {
         const float *x = inp + r * C;
         float *y = out + r * C;
@@ -59,7 +100,7 @@ HOT void cl_layernorm(float *out, float *scale, const float *inp, const float *w
 }
 
 HOT void cl_gelu_tanh(float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(cl_num_threads()) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
@@ -70,7 +111,7 @@ HOT void cl_gelu_tanh(float *x, size_t n) {
 
 /* erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, float rounding level). */
 HOT void cl_gelu_erf(float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(cl_num_threads()) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         float z = v * 0.70710678118654752f, az = fabsf(z);
@@ -128,15 +169,31 @@ static inline void score_row(float *s, const float *qi, const float *kT, int T, 
     }
 }
 
-/* softmax of s[0..i] in place; returns nothing, entries beyond i untouched */
-static inline void softmax_row(float *s, int n) {
-    float mx = s[0];
-    for (int j = 1; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-    float sum = 0.0f;
-    for (int j = 0; j < n; j++) { s[j] = fast_expf(s[j] - mx); }
-    for (int j = 0; j < n; j++) sum += s[j];
+/* softmax(scale * s[0..n)) in place (scale > 0); entries from n on untouched. The max and the
+ * sum run in 16 lanes, then across them: a fixed order, the same on every run and thread count. */
+static inline void softmax_row(float *s, int n, float scale) {
+    int j, nv = n - n % W;
+    float mx = -INFINITY, sum = 0.0f;
+    if (nv) {
+        v16 m = vload(s);
+        for (j = W; j < nv; j += W) m = vmax(m, vload(s + j));
+        mx = hmax(m);
+    }
+    for (j = nv; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    v16 acc = vsplat(0.0f);
+    for (j = 0; j < nv; j += W) {
+        v16 e = vexp((vload(s + j) - mx) * scale);
+        vstore(s + j, e);
+        acc += e;
+    }
+    sum = hsum(acc);
+    for (j = nv; j < n; j++) {
+        s[j] = fast_expf((s[j] - mx) * scale);
+        sum += s[j];
+    }
     float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) s[j] *= inv;
+    for (j = 0; j < nv; j += W) vstore(s + j, vload(s + j) * inv);
+    for (j = nv; j < n; j++) s[j] *= inv;
 }
 
 /* z_i = sum_j p_j v_j */
@@ -148,11 +205,11 @@ static inline void pv_row(float *zi, const float *p, int n, const float *v, size
     }
 }
 
-HOT void cl_softmax_causal(float *S, size_t ldS, int n_rows, int first_row, int ncols) {
+HOT void cl_softmax_causal(float *S, size_t ldS, int n_rows, int first_row, int ncols, float scale) {
     for (int r = 0; r < n_rows; r++) {
         float *s = S + (size_t)r * ldS;
         int n = first_row + r + 1;
-        softmax_row(s, n);
+        softmax_row(s, n, scale);
         for (int j = n; j < ncols; j++) s[j] = 0.0f;
     }
 }
@@ -163,7 +220,7 @@ HOT void cl_attention_head(float *z, size_t zstride, const float *q, const float
     transpose_k(kT, k, stride, T, d_head);
     for (int i = 0; i < T; i++) {
         score_row(s, q + (size_t)i * stride, kT, T, i, d_head, scale);
-        softmax_row(s, i + 1);
+        softmax_row(s, i + 1, 1.0f);
         pv_row(z + (size_t)i * zstride, s, i + 1, v, stride, d_head);
     }
 }
@@ -184,7 +241,7 @@ HOT void cl_attention_softmax(float *P, size_t ldS, int T, int T_pad) {
     for (int i = 0; i < T_pad; i++) {
         float *s = P + (size_t)i * ldS;
         int n = 0;
-        if (i < T) { softmax_row(s, i + 1); n = i + 1; }
+        if (i < T) { softmax_row(s, i + 1, 1.0f); n = i + 1; }
         for (int j = n; j < T_pad; j++) s[j] = 0.0f;
     }
 }

@@ -37,9 +37,9 @@ void cl_attention_scores(float *S /* (T_pad rows used: T, T_pad) */, size_t ldS,
 void cl_attention_softmax(float *P /* (T_pad, T_pad) in place */, size_t ldS, int T, int T_pad);
 void cl_attention_pv(float *z, size_t zstride, const float *P, size_t ldS, const float *v, size_t stride, int T, int d_head);
 
-/* Softmax of a block of causal score rows in place: row r is query first_row + r and keeps
- * columns 0..first_row+r; later columns (up to ncols) are set to 0. */
-void cl_softmax_causal(float *S /* (n_rows, ncols) */, size_t ldS, int n_rows, int first_row, int ncols);
+/* Softmax of scale * (a block of causal score rows), in place: row r is query first_row + r and
+ * keeps columns 0..first_row+r; later columns (up to ncols) are set to 0. scale > 0. */
+void cl_softmax_causal(float *S /* (n_rows, ncols) */, size_t ldS, int n_rows, int first_row, int ncols, float scale);
 
 float cl_expf(float x);
 

@@ -37,7 +37,7 @@ cl_status cl_congruence(const float *W_out, int n_neurons, int d_model, const fl
         if (cl_cancel_check(cancel)) { st = cl_fail(err, CL_ECANCELLED, "cancelled"); break; }
         int rows = n_neurons - r0 < ROWS ? n_neurons - r0 : ROWS;
         cl_sgemm(0, 1, rows, n_tokens, d_model, W_out + (size_t)r0 * d_model, d_model, U, d_model, 0.0f, S, n_tokens);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cl_num_threads())
         for (int r = 0; r < rows; r++) {
             const float *s = S + (size_t)r * n_tokens;
             float *tv = out->top_val + (size_t)(r0 + r) * k;
@@ -46,7 +46,7 @@ cl_status cl_congruence(const float *W_out, int n_neurons, int d_model, const fl
                 if (!allowed || allowed[t]) topk_insert(tv, tt, k, s[t], t);
         }
         if (out->col_idx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cl_num_threads())
             for (int t = 0; t < n_tokens; t++) {
                 float *cv = out->col_val + (size_t)t * 2;
                 int64_t *ci = out->col_idx + (size_t)t * 2;

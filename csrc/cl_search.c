@@ -67,7 +67,7 @@ static void insert(cl_scanner *s, int j, float a, int64_t d, int32_t p) {
 cl_status cl_scanner_observe(void *ctx, int layer, const float *data, size_t stride, size_t N, const int32_t *start,
                              const int32_t *lengths, int B, cl_error *err) {
     cl_scanner *s = ctx;
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(cl_num_threads())
     for (int j = 0; j < s->n; j++) {
         if (s->layer[j] != layer) continue;
         const int32_t nr = s->neuron[j];
@@ -94,7 +94,7 @@ cl_status cl_attribution_observe_z(void *ctx, int layer, const float *data, size
     const float *WO = at->m->W_O + (size_t)layer * H * dh * D; /* (H, dh, D) */
     float *wbuf = malloc((size_t)B * D * sizeof(float));   /* each prompt's W_in column, contiguous */
     if (!wbuf) return cl_fail(err, CL_ENOMEM, "out of memory");
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(cl_num_threads())
     for (int b = 0; b < B; b++) {
         float *out = at->score + ((size_t)b * L + layer) * H;
         if (layer > at->target_layer[b]) {

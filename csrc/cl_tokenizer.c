@@ -1183,7 +1183,7 @@ cl_status cl_tokenizer_encode_batch(const cl_tokenizer *tok, size_t n, const cha
     if (!tok || (n && (!texts || !lens || !outs)))
         return cl_fail(err, CL_EINVAL, "cl_tokenizer_encode_batch: NULL argument");
     if (n == 0) return CL_OK;
-    int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+    int nt = num_threads > 0 ? num_threads : cl_num_threads();
     if ((size_t)nt > n) nt = (int)n;
     atomic_int stop = 0;
     cl_status first = CL_OK;

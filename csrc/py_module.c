@@ -3,9 +3,7 @@
 #define CLPY_IMPORT_ARRAY
 #include "py_common.h"
 
-#include <cblas.h>
 #include <curl/curl.h>
-#include <omp.h>
 #include <stdlib.h>
 
 #include "cl_blas.h"
@@ -17,50 +15,61 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "set_num_threads: n must be >= 1, got %ld", n);
         return NULL;
     }
-    openblas_set_num_threads((int)n);
-    omp_set_num_threads((int)n);
+    cl_set_num_threads((int)n);
     Py_RETURN_NONE;
 }
 
 static PyObject *get_num_threads(PyObject *self, PyObject *unused) {
-    return PyLong_FromLong(omp_get_max_threads());
+    return PyLong_FromLong(cl_num_threads());
 }
 
 static PyObject *blas_stats(PyObject *self, PyObject *args) {
     int enable = -1;
     if (!PyArg_ParseTuple(args, "|i", &enable)) return NULL;
-    cl_blas_stats s = cl_blas_stats_take();
+    cl_blas_stats *s = malloc(sizeof *s);
+    if (!s) return PyErr_NoMemory();
+    cl_blas_stats_take(s);
     if (enable >= 0) cl_blas_stats_enable(enable);
-    return Py_BuildValue("{s:l,s:d,s:d}", "calls", s.calls, "seconds", s.seconds, "flops", s.flops);
+    PyObject *shapes = PyList_New(0), *out = NULL;
+    for (int i = 0; shapes && i < s->n_shapes; i++) {
+        const cl_blas_shape *e = &s->shapes[i];
+        PyObject *d = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:O,s:i,s:l,s:d}", "transA", e->transA, "transB", e->transB, "M", e->M,
+                                    "N", e->N, "K", e->K, "in_task", e->in_task ? Py_True : Py_False, "team", e->team,
+                                    "calls", e->calls, "seconds", e->seconds);
+        if (!d || PyList_Append(shapes, d) < 0) { Py_XDECREF(d); Py_CLEAR(shapes); break; }
+        Py_DECREF(d);
+    }
+    if (shapes)
+        out = Py_BuildValue("{s:l,s:d,s:d,s:N,s:i}", "calls", s->calls, "seconds", s->seconds, "flops", s->flops, "shapes", shapes,
+                            "dropped_shapes", s->dropped_shapes);
+    free(s);
+    return out;
 }
 
-/* Plain sgemm at a given shape, for the benchmark's machine limit: seconds per call. */
+/* Plain OpenBLAS sgemm on its own threads (`threads`, default cl_num_threads()) at a given
+ * shape, for the benchmark's baseline: seconds per call. */
 static PyObject *sgemm_bench(PyObject *self, PyObject *args) {
-    int M, N, K, transB = 0, reps = 3;
-    if (!PyArg_ParseTuple(args, "iii|ii", &M, &N, &K, &transB, &reps)) return NULL;
+    int M, N, K, transB = 0, reps = 3, threads = 0;
+    double dt;
+    if (!PyArg_ParseTuple(args, "iii|iii", &M, &N, &K, &transB, &reps, &threads)) return NULL;
     if (M < 1 || N < 1 || K < 1 || reps < 1) { PyErr_SetString(PyExc_ValueError, "sizes must be positive"); return NULL; }
+    if (threads < 1) threads = cl_num_threads();
     float *A = calloc((size_t)M * K, 4), *B = calloc((size_t)K * N, 4), *C = calloc((size_t)M * N, 4);
     if (!A || !B || !C) { free(A); free(B); free(C); return PyErr_NoMemory(); }
     for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)(i % 7) * 0.1f;
     for (size_t i = 0; i < (size_t)K * N; i++) B[i] = (float)(i % 5) * 0.1f;
-    cl_blas_stats_take();
     Py_BEGIN_ALLOW_THREADS
-    cl_blas_stats_enable(1);
-    cl_sgemm(0, transB, M, N, K, A, K, B, transB ? K : N, 0.0f, C, N); /* warm-up */
-    cl_blas_stats_take();
-    for (int r = 0; r < reps; r++) cl_sgemm(0, transB, M, N, K, A, K, B, transB ? K : N, 0.0f, C, N);
-    cl_blas_stats_enable(0);
+    dt = cl_sgemm_openblas_threaded(transB, M, N, K, A, B, C, threads, reps);
     Py_END_ALLOW_THREADS
-    cl_blas_stats s = cl_blas_stats_take();
     free(A); free(B); free(C);
-    return PyFloat_FromDouble(s.seconds / reps);
+    return PyFloat_FromDouble(dt);
 }
 
 static PyMethodDef methods[] = {
-    {"_blas_stats", blas_stats, METH_VARARGS, "_blas_stats(enable=-1) -> dict: GEMM accounting since the last call"},
-    {"_sgemm_bench", sgemm_bench, METH_VARARGS, "_sgemm_bench(M, N, K, transB=0, reps=3) -> seconds per plain sgemm"},
+    {"_blas_stats", blas_stats, METH_VARARGS, "_blas_stats(enable=-1) -> dict: GEMM accounting since the last call, with per-shape rows"},
+    {"_sgemm_bench", sgemm_bench, METH_VARARGS, "_sgemm_bench(M, N, K, transB=0, reps=3, threads=0) -> seconds per plain OpenBLAS sgemm on its own threads"},
     {"set_num_threads", set_num_threads, METH_O,
-     "set_num_threads(n): threads for OpenBLAS GEMMs and the core's own parallel loops."},
+     "set_num_threads(n): threads for all of the core's parallel work (GEMMs included)."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {NULL, NULL, 0, NULL},
 };

@@ -7,16 +7,6 @@ next-token neurons (:func:`next_token_neurons`), their max-activating prompts
 plus the an-neuron post's tools (:mod:`ctxlookup.anneuron`). Models: :class:`Model`. A run's HTML
 report, and the same views in Jupyter: :mod:`ctxlookup.report` (``ctxlookup.report(run_dir)``).
 """
-import os as _os
-
-# Threading: OpenBLAS runs the GEMMs and OpenMP the core's own loops, alternately, on the same
-# cores. By default each keeps its threads spinning after its turn (OpenBLAS for ~2^28 cycles),
-# which steals the cores from the other (measured: -20% on 2 cores). Short OpenBLAS spins and
-# passive OpenMP waits, unless the user chose otherwise; read when the libraries load, so set
-# before the C core is imported.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from . import hub, llm
 from ._core import FormatError, get_num_threads, set_num_threads
 from .anneuron import activation_patching, activation_vs_prediction, logit_lens
