@@ -231,7 +231,7 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     /* ---- buffers ---- */
     size_t wide = 3 * D > M ? 3 * D : M;
     const int nthreads = cl_num_threads();
-    size_t scratch_per = (size_t)maxT * dh + (size_t)maxT; /* fused kernel: k^T and a score row */
+    size_t scratch_per = cl_attention_head_scratch(maxT, dh); /* the fused kernel */
     if (maxT >= 2 * QB && (size_t)QB * maxT > scratch_per) scratch_per = (size_t)QB * maxT; /* a BLAS score block */
 
     resid = malloc(N * D * sizeof(float));

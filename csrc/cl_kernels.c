@@ -214,14 +214,74 @@ HOT void cl_softmax_causal(float *S, size_t ldS, int n_rows, int first_row, int 
     }
 }
 
+size_t cl_attention_head_scratch(int T, int d_head) {
+    size_t Tp = ((size_t)T + W - 1) / W * W;
+    return (size_t)d_head * Tp + 4 * Tp + 4 * (size_t)d_head;
+}
+
+/* Four query rows i0..i0+3 at a time (rows past T repeat the last one and are not stored):
+ * scores against 16 keys per step from k^T (zero-padded to Tp columns) in registers, softmax
+ * per row, then pattern @ v 16 dims per step. Every sum runs in the same order, with the same
+ * operations, as in cl_attention_scores/softmax/pv, so capturing hook_attn_scores or
+ * hook_pattern (which takes that path) changes no number. */
 HOT void cl_attention_head(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
                            int T, int d_head, float scale, float *scratch) {
-    float *kT = scratch, *s = scratch + (size_t)T * d_head;
-    transpose_k(kT, k, stride, T, d_head);
-    for (int i = 0; i < T; i++) {
-        score_row(s, q + (size_t)i * stride, kT, T, i, d_head, scale);
-        softmax_row(s, i + 1, 1.0f);
-        pv_row(z + (size_t)i * zstride, s, i + 1, v, stride, d_head);
+    const int Tp = (T + W - 1) / W * W, dv = d_head - d_head % W;
+    float *kT = scratch, *S = scratch + (size_t)d_head * Tp, *qs = S + 4 * (size_t)Tp;
+    for (int d = 0; d < d_head; d++) {
+        float *row = kT + (size_t)d * Tp;
+        for (int j = 0; j < T; j++) row[j] = k[(size_t)j * stride + d];
+        for (int j = T; j < Tp; j++) row[j] = 0.0f;
+    }
+    for (int i0 = 0; i0 < T; i0 += 4) {
+        const int rows = T - i0 < 4 ? T - i0 : 4, ncols = i0 + rows; /* keys 0..ncols-1 */
+        const float *qr[4];
+        for (int r = 0; r < 4; r++) { /* q * scale, as score_row does */
+            const float *src = q + (size_t)(i0 + (r < rows ? r : rows - 1)) * stride;
+            float *dst = qs + (size_t)r * d_head;
+            for (int d = 0; d < d_head; d++) dst[d] = src[d] * scale;
+            qr[r] = dst;
+        }
+        for (int jc = 0; jc < ncols; jc += W) {
+            v16 a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+            for (int d = 0; d < d_head; d++) {
+                v16 kv = vload(kT + (size_t)d * Tp + jc);
+                a0 += qr[0][d] * kv;
+                a1 += qr[1][d] * kv;
+                a2 += qr[2][d] * kv;
+                a3 += qr[3][d] * kv;
+            }
+            vstore(S + jc, a0);
+            vstore(S + Tp + jc, a1);
+            vstore(S + 2 * (size_t)Tp + jc, a2);
+            vstore(S + 3 * (size_t)Tp + jc, a3);
+        }
+        const int ncv = (ncols + W - 1) / W * W; /* columns the p @ v step reads: zero past each row's keys */
+        for (int r = 0; r < 4; r++) {
+            float *s = S + (size_t)r * Tp;
+            int n = r < rows ? i0 + r + 1 : 0;
+            if (n) softmax_row(s, n, 1.0f);
+            for (int j = n; j < ncv; j++) s[j] = 0.0f;
+        }
+        for (int dc = 0; dc < dv; dc += W) {
+            v16 a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+            for (int j = 0; j < ncols; j++) {
+                v16 vv = vload(v + (size_t)j * stride + dc);
+                a0 += S[j] * vv;
+                a1 += S[Tp + j] * vv;
+                a2 += S[2 * (size_t)Tp + j] * vv;
+                a3 += S[3 * (size_t)Tp + j] * vv;
+            }
+            v16 acc[4] = {a0, a1, a2, a3};
+            for (int r = 0; r < rows; r++) vstore(z + (size_t)(i0 + r) * zstride + dc, acc[r]);
+        }
+        for (int r = 0; r < rows && dv < d_head; r++) { /* the d_head % 16 tail */
+            float *zi = z + (size_t)(i0 + r) * zstride;
+            const float *p = S + (size_t)r * Tp;
+            for (int d = dv; d < d_head; d++) zi[d] = 0.0f;
+            for (int j = 0; j < ncols; j++)
+                for (int d = dv; d < d_head; d++) zi[d] += p[j] * v[(size_t)j * stride + d];
+        }
     }
 }
 

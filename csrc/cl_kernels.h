@@ -24,9 +24,10 @@ void cl_add(float *y, const float *x, size_t n); /* y += x */
 void cl_rotary(float *x, size_t stride, int n_rows, int n_heads, int d_head, int rotary_dim,
                const float *cos_tab /* (n_ctx, rotary_dim/2) */, const float *sin_tab);
 
-/* Causal attention for one sequence and one head, fused: scores, softmax, pattern @ v.
- * q, k, v rows of d_head floats at row stride `stride`; z rows of d_head at stride zstride.
- * scratch: at least T * d_head + T floats. */
+/* Causal attention for one sequence and one head, fused: scores, softmax(scale * scores),
+ * pattern @ v. q, k, v rows of d_head floats at row stride `stride`; z rows of d_head at stride
+ * zstride. scratch: cl_attention_head_scratch(T, d_head) floats. */
+size_t cl_attention_head_scratch(int T, int d_head);
 void cl_attention_head(float *z, size_t zstride, const float *q, const float *k, const float *v, size_t stride,
                        int T, int d_head, float scale, float *scratch);
 

@@ -66,14 +66,17 @@ static void test_layernorm(void) {
     CHECK(worst < 1e-5, "layernorm max abs error %g", worst);
 }
 
-static void test_attention_vs_naive(void) {
-    enum { T = 23, dh = 8, stride = 24 };
-    float q[T * stride], k[T * stride], v[T * stride], z[T * dh], scratch[T * dh + T];
+/* the fused kernel against double-precision attention, over shapes that hit every path:
+ * d_head below, at and above 16 and not a multiple of it, T not a multiple of 4 or 16, T = 1 */
+static void attention_case(int T, int dh, int stride) {
+    float *q = malloc(sizeof(float) * T * stride), *k = malloc(sizeof(float) * T * stride),
+          *v = malloc(sizeof(float) * T * stride), *z = malloc(sizeof(float) * T * dh),
+          *scratch = malloc(sizeof(float) * cl_attention_head_scratch(T, dh));
     for (int i = 0; i < T * stride; i++) { q[i] = sinf(i * 0.37f); k[i] = cosf(i * 0.91f); v[i] = sinf(i * 1.3f + 1); }
     cl_attention_head(z, dh, q, k, v, stride, T, dh, 0.35f, scratch);
-    double worst = 0;
+    double worst = 0, *s = malloc(sizeof(double) * T);
     for (int i = 0; i < T; i++) {
-        double s[T], mx = -1e300, sum = 0;
+        double mx = -1e300, sum = 0;
         for (int j = 0; j <= i; j++) {
             s[j] = 0;
             for (int d = 0; d < dh; d++) s[j] += (double)q[i * stride + d] * k[j * stride + d];
@@ -87,7 +90,13 @@ static void test_attention_vs_naive(void) {
             if (fabs(o - z[i * dh + d]) > worst) worst = fabs(o - z[i * dh + d]);
         }
     }
-    CHECK(worst < 1e-5, "attention max abs error %g", worst);
+    CHECK(worst < 1e-5, "attention T=%d d_head=%d: max abs error %g", T, dh, worst);
+    free(q); free(k); free(v); free(z); free(scratch); free(s);
+}
+
+static void test_attention_vs_naive(void) {
+    const int cases[][3] = {{23, 8, 24}, {1, 16, 16}, {5, 12, 36}, {17, 16, 48}, {64, 32, 96}, {130, 64, 192}, {37, 40, 120}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) attention_case(cases[c][0], cases[c][1], cases[c][2]);
 }
 
 static const char *tmpdir;
