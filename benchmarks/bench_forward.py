@@ -8,7 +8,7 @@ the same shapes, the machine's limit
 (plain-sgemm GFLOP/s divided by the model's FLOPs per token), and the resident memory that
 loading a checkpoint adds, against the weights' bytes.
 
-    python benchmarks/bench_forward.py [--threads 2] [--reps 3] [--quick]
+    python benchmarks/bench_forward.py [--threads 2] [--reps 5] [--quick]
 """
 import argparse
 import json
@@ -23,14 +23,26 @@ import time
 import numpy as np
 
 
-def best_of(fn, reps):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def best_interleaved(fns, rounds):
+    """Best wall time of each function over `rounds` rounds, the functions taking turns in every
+    round (after one warm-up each), so a slow patch of a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+PLAIN_SGEMM_CHILD = """
+import json, sys
+from ctxlookup import _core
+shapes = json.loads(sys.stdin.read())
+print(json.dumps([_core._sgemm_bench(M, N, K, tB, 5, th) for M, N, K, tB, th in shapes]))
+"""
 
 
 def gemm_account(model, toks, threads):
@@ -40,7 +52,9 @@ def gemm_account(model, toks, threads):
     The core records every GEMM's shape. A GEMM the forward splits over its threads is compared
     with OpenBLAS running the whole shape on `threads` threads; a GEMM that runs as one task of a
     parallel loop (attention blocks) with single-threaded OpenBLAS at that shape, both counted
-    as thread-seconds divided by the team size."""
+    as thread-seconds divided by the team size. The plain sgemm calls run in a fresh interpreter
+    that has nothing else loaded (no OpenMP pool, no PyTorch), so the baseline is OpenBLAS at
+    its best on this machine."""
     from ctxlookup import _core
 
     _core._blas_stats(1)
@@ -49,13 +63,12 @@ def gemm_account(model, toks, threads):
     total = time.perf_counter() - t0
     st = _core._blas_stats(0)
     assert st["dropped_shapes"] == 0, "more GEMM shapes than the accounting table holds"
-    plain = 0.0
-    for e in st["shapes"]:
-        assert e["transA"] == 0
-        if e["in_task"]:
-            plain += _core._sgemm_bench(e["M"], e["N"], e["K"], e["transB"], 3, 1) * e["calls"] / e["team"]
-        else:
-            plain += _core._sgemm_bench(e["M"], e["N"], e["K"], e["transB"], 3, threads) * e["calls"]
+    assert all(e["transA"] == 0 for e in st["shapes"])
+    shapes = [(e["M"], e["N"], e["K"], e["transB"], 1 if e["in_task"] else threads) for e in st["shapes"]]
+    out = subprocess.run([sys.executable, "-c", PLAIN_SGEMM_CHILD], input=json.dumps(shapes), capture_output=True,
+                         text=True, check=True)
+    secs = json.loads(out.stdout.strip().splitlines()[-1])
+    plain = sum(t * e["calls"] / (e["team"] if e["in_task"] else 1) for t, e in zip(secs, st["shapes"]))
     return total, st["seconds"], plain, st["flops"]
 
 
@@ -88,7 +101,7 @@ def load_rss_child(folder):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5, help="rounds; each framework's best round counts")
     ap.add_argument("--quick", action="store_true", help="fewer layers, for a smoke run")
     args = ap.parse_args()
 
@@ -124,12 +137,13 @@ def main():
     for B, T in [(8, 128), (1, 1024)]:
         toks = np.random.default_rng(0).integers(0, 50257, size=(B, T))
         tt = torch.tensor(toks)
-        res = {}
         with torch.no_grad():
-            res["transformers logits"] = best_of(lambda: hf(tt), args.reps)
-            res["TransformerLens hooks"] = best_of(lambda: bridge.run_with_cache(tt, names_filter=hooked), args.reps)
-        res["ctxlookup logits"] = best_of(lambda: model(toks), args.reps)
-        res["ctxlookup hooks"] = best_of(lambda: model.run_with_cache(toks, names_filter=hooked), args.reps)
+            res = best_interleaved({
+                "transformers logits": lambda: hf(tt),
+                "TransformerLens hooks": lambda: bridge.run_with_cache(tt, names_filter=hooked),
+                "ctxlookup logits": lambda: model(toks),
+                "ctxlookup hooks": lambda: model.run_with_cache(toks, names_filter=hooked),
+            }, args.reps)
 
         # GEMM share and speed: time inside the core's GEMMs vs plain OpenBLAS sgemm at the same shapes
         total, inside, plain, flops = gemm_account(model, toks, args.threads)

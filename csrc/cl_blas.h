@@ -7,9 +7,9 @@
 void cl_sgemm(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc);
 
-/* For the benchmark's baseline: seconds per plain OpenBLAS sgemm (row-major, C = A @ B or A @ B^T)
- * with OpenBLAS's own threading on nthreads threads, best-effort warm; OpenBLAS is set back to
- * one thread afterwards. */
+/* For the benchmark's baseline: seconds of the fastest of `reps` plain OpenBLAS sgemm calls
+ * (row-major, C = A @ B or A @ B^T) with OpenBLAS's own threading on nthreads threads, after a
+ * warm-up call; OpenBLAS is set back to one thread afterwards. */
 double cl_sgemm_openblas_threaded(int transB, int M, int N, int K, const float *A, const float *B, float *C,
                                   int nthreads, int reps);
 

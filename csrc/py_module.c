@@ -47,7 +47,7 @@ static PyObject *blas_stats(PyObject *self, PyObject *args) {
 }
 
 /* Plain OpenBLAS sgemm on its own threads (`threads`, default cl_num_threads()) at a given
- * shape, for the benchmark's baseline: seconds per call. */
+ * shape, for the benchmark's baseline: seconds of the fastest of `reps` calls. */
 static PyObject *sgemm_bench(PyObject *self, PyObject *args) {
     int M, N, K, transB = 0, reps = 3, threads = 0;
     double dt;
@@ -67,7 +67,7 @@ static PyObject *sgemm_bench(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"_blas_stats", blas_stats, METH_VARARGS, "_blas_stats(enable=-1) -> dict: GEMM accounting since the last call, with per-shape rows"},
-    {"_sgemm_bench", sgemm_bench, METH_VARARGS, "_sgemm_bench(M, N, K, transB=0, reps=3, threads=0) -> seconds per plain OpenBLAS sgemm on its own threads"},
+    {"_sgemm_bench", sgemm_bench, METH_VARARGS, "_sgemm_bench(M, N, K, transB=0, reps=3, threads=0) -> seconds of the fastest plain OpenBLAS sgemm on its own threads"},
     {"set_num_threads", set_num_threads, METH_O,
      "set_num_threads(n): threads for all of the core's parallel work (GEMMs included)."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
