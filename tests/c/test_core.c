@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cl_blas.h"
+#include "cl_common.h"
 #include "cl_forward.h"
 #include "cl_kernels.h"
 #include "cl_model.h"
@@ -99,6 +101,45 @@ static void test_attention_vs_naive(void) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) attention_case(cases[c][0], cases[c][1], cases[c][2]);
 }
 
+/* cl_sgemm against a double-precision product: split by columns (wide C), by rows (tall C),
+ * with B transposed, with beta = 1, sizes not multiples of the split's 32, 1 to 3 threads, and
+ * from inside a parallel region (where it runs on the calling thread). */
+static double gemm_case(int transB, int M, int N, int K, float beta) {
+    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N), *C = malloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++) A[i] = sinf(i * 0.013f);
+    for (int i = 0; i < K * N; i++) B[i] = cosf(i * 0.007f);
+    for (int i = 0; i < M * N; i++) C[i] = 0.5f;
+    cl_sgemm(0, transB, M, N, K, A, K, B, transB ? K : N, beta, C, N);
+    double worst = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double e = beta * 0.5;
+            for (int k = 0; k < K; k++) e += (double)A[i * K + k] * (transB ? B[j * K + k] : B[k * N + j]);
+            double d = fabs(e - C[i * N + j]);
+            worst = d > worst ? d : worst;
+        }
+    free(A); free(B); free(C);
+    return worst;
+}
+
+static void test_sgemm_split(void) {
+    const int shapes[][5] = {{0, 70, 333, 129, 0}, {1, 70, 333, 129, 1}, {0, 517, 45, 200, 1}, {1, 300, 301, 64, 0}, {0, 3, 5, 7, 0}};
+    for (int nt = 1; nt <= 3; nt++) {
+        cl_set_num_threads(nt);
+        for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+            const int *sh = shapes[c];
+            double w = gemm_case(sh[0], sh[1], sh[2], sh[3], sh[4] ? 1.0f : 0.0f);
+            CHECK(w < 1e-4, "sgemm transB=%d %dx%dx%d beta=%d on %d threads: max abs error %g", sh[0], sh[1], sh[2], sh[3], sh[4], nt, w);
+        }
+    }
+    double w[2] = {0, 0};
+#pragma omp parallel for num_threads(2)
+    for (int i = 0; i < 2; i++) w[i] = gemm_case(i, 300, 301, 64, 0.0f);
+    CHECK(w[0] < 1e-4 && w[1] < 1e-4, "sgemm inside a parallel region: max abs errors %g %g", w[0], w[1]);
+    cl_set_num_threads(0);
+    CHECK(cl_num_threads() >= 1, "thread count back to the default");
+}
+
 static const char *tmpdir;
 
 static void write_file(const char *name, const void *data, size_t n) {
@@ -175,6 +216,7 @@ int main(void) {
     test_gelu();
     test_layernorm();
     test_attention_vs_naive();
+    test_sgemm_split();
     test_safetensors();
     test_config_errors();
     char cmd[600];
