@@ -23,7 +23,6 @@
 #include "cl_http.h"
 #include "cl_sha256.h"
 
-#define CANCEL_EVERY_S 0.05
 #define PROGRESS_EVERY_S 0.1
 #define MAX_CONCURRENCY 256
 #define USER_AGENT "ctxlookup/0.1 (libcurl; hub)"
@@ -93,6 +92,7 @@ struct run {
     int active;
     int64_t received;
     uint64_t rng;
+    double last_progress; /* when the progress callback last ran */
 };
 
 /* ---- small pieces ---- */
@@ -677,6 +677,35 @@ static cl_status report(run *R, double *last, double now, int force, cl_error *e
     return R->b->progress(R->b->ctx, R->received, R->n_final, err);
 }
 
+/* ---- the driver's callbacks (the loop itself: cl_http_drive) ---- */
+
+static cl_status drv_start(void *ctx, double now, double *wake, cl_error *err) { return start_ready(ctx, now, wake, err); }
+
+static cl_status drv_finished(void *ctx, void *priv, int code, double now, int *counted, cl_error *err) {
+    slot *s = priv;
+    if (!s || !s->busy) return CL_OK;
+    *counted = 1;
+    finish_attempt(ctx, s, (CURLcode)code, now);
+    return CL_OK;
+}
+
+/* stalled transfers end as timeouts; progress is reported; done when every file is final */
+static cl_status drv_tick(void *ctx, double now, int *ended, int *all_done, cl_error *err) {
+    run *R = ctx;
+    if (R->o->stall_timeout_s > 0)
+        for (int k = 0; k < R->o->concurrency; k++) {
+            slot *s = &R->slots[k];
+            if (!s->busy || now - s->last_byte < R->o->stall_timeout_s) continue;
+            snprintf(s->errbuf, sizeof s->errbuf, "no data from the server for %.1f s (stalled)", now - s->last_byte);
+            (*ended)++;
+            finish_attempt(R, s, CURLE_OPERATION_TIMEDOUT, now);
+        }
+    *all_done = R->n_final == R->b->n;
+    return report(R, &R->last_progress, now, *all_done, err);
+}
+
+static int drv_idle(void *ctx) { const run *R = ctx; return R->active == 0 && R->n_retry; }
+
 cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_error *err) {
     if (!opts || !batch) return cl_fail(err, CL_EINVAL, "download: options and batch are required");
     for (size_t i = 0; batch->results && i < batch->n; i++) { /* filled in every case, even a refused batch */
@@ -688,8 +717,7 @@ cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_e
     cl_status st = check_args(opts, batch, err);
     if (st) return st;
     if (batch->n == 0) return CL_OK;
-    double last_cancel = -INFINITY, last_progress = -INFINITY;
-    run R = {.o = opts, .b = batch};
+    run R = {.o = opts, .b = batch, .last_progress = -INFINITY};
     R.rng = cl_http_seed(opts->seed);
     R.slots = calloc((size_t)opts->concurrency, sizeof *R.slots);
     R.rs = calloc(batch->n, sizeof *R.rs);
@@ -709,49 +737,10 @@ cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_e
     R.multi = curl_multi_init();
     if (!R.multi) { st = cl_fail(err, CL_EHTTP, "libcurl: could not create a multi handle (was curl_global_init called?)"); goto done; }
     curl_multi_setopt(R.multi, CURLMOPT_MAXCONNECTS, (long)opts->concurrency + 4);
-    for (;;) {
-        double now = cl_http_now(), wake;
-        if (batch->cancel.fn && now - last_cancel >= CANCEL_EVERY_S) {
-            last_cancel = now;
-            if (cl_cancel_check(&batch->cancel)) { st = cl_fail(err, CL_ECANCELLED, "download: cancelled"); goto done; }
-        }
-        if ((st = start_ready(&R, now, &wake, err))) goto done;
-        int running = 0;
-        CURLMcode mc = curl_multi_perform(R.multi, &running);
-        if (mc) { st = cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc)); goto done; }
-        int finished = 0, left;
-        CURLMsg *msg;
-        while ((msg = curl_multi_info_read(R.multi, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            char *priv = NULL;
-            CURLcode code = msg->data.result;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-            slot *s = (slot *)(void *)priv;
-            if (!s || !s->busy) continue;
-            finished++;
-            finish_attempt(&R, s, code, cl_http_now());
-        }
-        now = cl_http_now();
-        if (opts->stall_timeout_s > 0)
-            for (int k = 0; k < opts->concurrency; k++) {
-                slot *s = &R.slots[k];
-                if (!s->busy || now - s->last_byte < opts->stall_timeout_s) continue;
-                snprintf(s->errbuf, sizeof s->errbuf, "no data from the server for %.1f s (stalled)", now - s->last_byte);
-                finished++;
-                finish_attempt(&R, s, CURLE_OPERATION_TIMEDOUT, now);
-            }
-        if ((st = report(&R, &last_progress, now, R.n_final == batch->n, err))) goto done;
-        if (R.n_final == batch->n) break;
-        if (finished) continue;
-        double cap = batch->cancel.fn ? CANCEL_EVERY_S : 0.25;
-        if (opts->stall_timeout_s > 0 && opts->stall_timeout_s / 4 < cap) cap = opts->stall_timeout_s / 4;
-        double sleep = wake - cl_http_now();
-        if (sleep > cap) sleep = cap;
-        int ms = sleep > 0 ? (int)ceil(sleep * 1000) : 0;
-        if (ms == 0 && R.active == 0 && R.n_retry) ms = 1;
-        mc = curl_multi_poll(R.multi, NULL, 0, ms, NULL);
-        if (mc) { st = cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc)); goto done; }
-    }
+    double cap = 0.25;
+    if (opts->stall_timeout_s > 0 && opts->stall_timeout_s / 4 < cap) cap = opts->stall_timeout_s / 4;
+    cl_http_driver d = {&R, "download", &batch->cancel, cap, drv_start, drv_finished, drv_tick, drv_idle};
+    st = cl_http_drive(R.multi, &d, err);
 done:
     if (R.slots) {
         for (int k = 0; k < opts->concurrency; k++) {

@@ -17,7 +17,6 @@
 #endif
 
 #define MAX_BODY ((size_t)64 << 20) /* a larger response fails the request (not retried) */
-#define CANCEL_EVERY_S 0.05
 #define MAX_CONCURRENCY 4096
 
 cl_http_opts cl_http_opts_default(void) {
@@ -397,6 +396,65 @@ static cl_status check_args(const cl_http_opts *o, const cl_http_batch *b, cl_er
     return CL_OK;
 }
 
+/* ---- the multi loop, shared with cl_download.c ---- */
+
+cl_status cl_http_drive(void *multi_, const cl_http_driver *d, cl_error *err) {
+    CURLM *multi = multi_;
+    const int cancellable = d->cancel && d->cancel->fn;
+    double last_cancel = -INFINITY;
+    for (;;) {
+        double now = now_s(), wake = INFINITY;
+        cl_status st;
+        if (cancellable && now - last_cancel >= CL_HTTP_CANCEL_EVERY_S) {
+            last_cancel = now;
+            if (cl_cancel_check(d->cancel)) return cl_fail(err, CL_ECANCELLED, "%s: cancelled", d->what);
+        }
+        if ((st = d->start(d->ctx, now, &wake, err))) return st;
+        int running = 0;
+        CURLMcode mc = curl_multi_perform(multi, &running);
+        if (mc) return cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc));
+        int ended = 0, all_done = 0, left;
+        CURLMsg *msg;
+        while ((msg = curl_multi_info_read(multi, &left))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            char *priv = NULL;
+            CURLcode code = msg->data.result;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+            int counted = 0;
+            if ((st = d->finished(d->ctx, priv, (int)code, now_s(), &counted, err))) return st;
+            ended += counted;
+        }
+        if ((st = d->tick(d->ctx, now_s(), &ended, &all_done, err))) return st;
+        if (all_done) return CL_OK;
+        if (ended) continue;
+        double cap = cancellable && CL_HTTP_CANCEL_EVERY_S < d->idle_cap_s ? CL_HTTP_CANCEL_EVERY_S : d->idle_cap_s;
+        double sleep = wake - now_s();
+        if (sleep > cap) sleep = cap;
+        int ms = sleep > 0 ? (int)ceil(sleep * 1000) : 0;
+        if (ms == 0 && d->idle(d->ctx)) ms = 1;
+        mc = curl_multi_poll(multi, NULL, 0, ms, NULL);
+        if (mc) return cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc));
+    }
+}
+
+/* ---- the driver's callbacks for a batch of POSTs ---- */
+
+static cl_status drv_start(void *ctx, double now, double *wake, cl_error *err) { return start_ready(ctx, now, wake, err); }
+
+static cl_status drv_finished(void *ctx, void *priv, int code, double now, int *counted, cl_error *err) {
+    if (!priv) return CL_OK;
+    *counted = 1;
+    return finish_attempt(ctx, (slot *)priv, (CURLcode)code, now, err);
+}
+
+static cl_status drv_tick(void *ctx, double now, int *ended, int *all_done, cl_error *err) {
+    run *R = ctx;
+    *all_done = R->n_final == R->b->n;
+    return CL_OK;
+}
+
+static int drv_idle(void *ctx) { return ((run *)ctx)->active == 0; } /* blocked on a gate at sub-ms distance */
+
 cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_http_stats *stats, cl_error *err) {
     cl_http_stats local;
     if (!stats) stats = &local;
@@ -405,7 +463,7 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
     cl_status st = check_args(opts, batch, err);
     if (st) return st;
     if (batch->n == 0) return CL_OK;
-    double t0 = now_s(), last_cancel = -INFINITY;
+    double t0 = now_s();
     run R = {.o = opts, .b = batch, .stats = stats};
     R.rpm.per_unit = opts->rpm > 0 ? 60.0 / opts->rpm : 0;
     R.tpm.per_unit = opts->tpm > 0 ? 60.0 / opts->tpm : 0;
@@ -429,38 +487,8 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
     R.multi = curl_multi_init();
     if (!R.multi) { st = cl_fail(err, CL_EHTTP, "libcurl: could not create a multi handle (was curl_global_init called?)"); goto done; }
     curl_multi_setopt(R.multi, CURLMOPT_MAXCONNECTS, (long)opts->concurrency + 4);
-    for (;;) {
-        double now = now_s(), wake;
-        if (batch->cancel.fn && now - last_cancel >= CANCEL_EVERY_S) {
-            last_cancel = now;
-            if (cl_cancel_check(&batch->cancel)) { st = cl_fail(err, CL_ECANCELLED, "http: cancelled"); goto done; }
-        }
-        if ((st = start_ready(&R, now, &wake, err))) goto done;
-        int running = 0;
-        CURLMcode mc = curl_multi_perform(R.multi, &running);
-        if (mc) { st = cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc)); goto done; }
-        int finished = 0, left;
-        CURLMsg *msg;
-        while ((msg = curl_multi_info_read(R.multi, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            char *priv = NULL;
-            CURLcode code = msg->data.result;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-            slot *s = (slot *)(void *)priv;
-            if (!s) continue;
-            finished++;
-            if ((st = finish_attempt(&R, s, code, now_s(), err))) goto done;
-        }
-        if (R.n_final == batch->n) break;
-        if (finished) continue;
-        double cap = batch->cancel.fn ? CANCEL_EVERY_S : 1.0;
-        double sleep = wake - now_s();
-        if (sleep > cap) sleep = cap;
-        int ms = sleep > 0 ? (int)ceil(sleep * 1000) : 0;
-        if (ms == 0 && R.active == 0) ms = 1; /* blocked on a gate at sub-ms distance: do not spin */
-        mc = curl_multi_poll(R.multi, NULL, 0, ms, NULL);
-        if (mc) { st = cl_fail(err, CL_EHTTP, "libcurl: %s", curl_multi_strerror(mc)); goto done; }
-    }
+    cl_http_driver d = {&R, "http", &batch->cancel, 1.0, drv_start, drv_finished, drv_tick, drv_idle};
+    st = cl_http_drive(R.multi, &d, err);
 done:
     if (R.slots) {
         for (int k = 0; k < opts->concurrency; k++) {

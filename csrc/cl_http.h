@@ -124,4 +124,28 @@ int cl_http_header_value(const char *p, size_t n, const char *name, const char *
 /* Overwrite then free libcurl's copies of header lines (they may hold a token). */
 void cl_http_wipe_slist(struct curl_slist *l);
 
+/* The multi-interface loop both engines run. Each round: check cancellation (every
+ * CL_HTTP_CANCEL_EVERY_S), start what is due, let libcurl move data, hand every finished
+ * transfer back, run the engine's periodic checks; then, unless something finished, wait on the
+ * sockets until the next thing is due, at most idle_cap_s (CL_HTTP_CANCEL_EVERY_S with a cancel
+ * callback). Returns the first error of a callback, of libcurl, or CL_ECANCELLED. */
+#define CL_HTTP_CANCEL_EVERY_S 0.05
+typedef struct {
+    void *ctx;
+    const char *what;       /* "http", "download": the cancel message's prefix */
+    const cl_cancel *cancel; /* may be NULL */
+    double idle_cap_s;      /* the longest wait between rounds, without a cancel callback */
+    /* start what is due at `now`; *wake: when something next becomes due (absolute) */
+    cl_status (*start)(void *ctx, double now, double *wake, cl_error *err);
+    /* a transfer ended with libcurl result `code`; priv: its CURLINFO_PRIVATE. *counted = 1 when
+     * it ended one of the engine's attempts */
+    cl_status (*finished)(void *ctx, void *priv, int code, double now, int *counted, cl_error *err);
+    /* after the finished transfers of a round: the engine's own checks (stalls, progress); adds
+     * the attempts it ended to *ended; *all_done = 1 when every request is final */
+    cl_status (*tick)(void *ctx, double now, int *ended, int *all_done, cl_error *err);
+    /* nothing in flight and something due at sub-millisecond distance: wait 1 ms, do not spin */
+    int (*idle)(void *ctx);
+} cl_http_driver;
+cl_status cl_http_drive(void *multi /* CURLM * */, const cl_http_driver *d, cl_error *err);
+
 #endif
