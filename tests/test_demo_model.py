@@ -1,6 +1,7 @@
-"""The bundled demo model: it loads with no network, it is really trained (held-out loss far below
-the corpus's unigram entropy, from its model card, and recomputed here), and a demo run finds
-heads active on 25-75% of some neurons' prompts and scores their explanations."""
+"""The bundled demo models (GPT-2 and GPT-NeoX): they load with no network, they are really
+trained (held-out loss far below the corpus's unigram entropy, from the model card, and recomputed
+here), ctxlookup gives transformers' numbers on them with real text, and a demo run finds heads
+active on 25-75% of some neurons' prompts and scores their explanations."""
 import json
 import os
 
@@ -11,30 +12,53 @@ import ctxlookup
 from ctxlookup.model import demo_model_path
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
-
-
-def test_loads_offline_and_card_states_losses(demo):
-    assert demo.cfg.arch == "GPT2LMHeadModel" and demo.tokenizer is not None
-    card = json.load(open(os.path.join(demo_model_path(), "training.json")))
+@pytest.mark.parametrize("name,arch", [("demo", "GPT2LMHeadModel"), ("demo-neox", "GPTNeoXForCausalLM")])
+def test_loads_offline_and_card_states_losses(name, arch):
+    model = ctxlookup.Model.from_pretrained(name)
+    assert model.cfg.arch == arch and model.tokenizer is not None
+    card = json.load(open(os.path.join(demo_model_path(name), "training.json")))
     assert card["final_heldout_loss"] < 0.75 * card["unigram_entropy_heldout"]
-    text = open(os.path.join(demo_model_path(), "README.md")).read()
+    text = open(os.path.join(demo_model_path(name), "README.md")).read()
     assert f"{card['final_heldout_loss']:.3f}" in text and f"{card['unigram_entropy_heldout']:.3f}" in text
-    size = sum(os.path.getsize(os.path.join(demo_model_path(), f)) for f in os.listdir(demo_model_path()))
+    size = sum(os.path.getsize(os.path.join(demo_model_path(name), f)) for f in os.listdir(demo_model_path(name)))
     assert size <= 20 * 2 ** 20
-    # ctxlookup's held-out loss on the demo test corpus, computed here, agrees with the card's
-    docs = [d.text for _, d in zip(range(40), ctxlookup.Corpus.demo("test"))]
-    toks, lens = demo.to_tokens(docs)
-    logits = demo(toks, lengths=lens)
+    # and the loss ctxlookup itself computes on the package's demo test corpus
+    assert _heldout_nll(model) < 0.75 * card["unigram_entropy_heldout"]
+
+
+def _heldout_nll(model, n_docs=40):
+    docs = [d.text for _, d in zip(range(n_docs), ctxlookup.Corpus.demo("test"))]
+    toks, lens = model.to_tokens(docs)
+    logits = model(toks, lengths=lens)
     nll = []
     for b, n in enumerate(lens):
         lg = logits[b, : n - 1].astype(np.float64)
         lg -= lg.max(-1, keepdims=True)
         lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
         nll.extend(-lp[np.arange(n - 1), toks[b, 1:n]])
-    assert np.mean(nll) < 0.75 * card["unigram_entropy_heldout"]
+    return float(np.mean(nll))
+
+
+def test_neox_demo_matches_transformers_on_text():
+    """The Pythia path (parallel residual, partial rotary, untied unembedding) on trained weights
+    and real text: logits and every hidden state within the suite's tolerance."""
+    import torch
+    import transformers
+
+    from conftest import ATOL
+
+    model = ctxlookup.Model.from_pretrained("demo-neox")
+    hf = transformers.GPTNeoXForCausalLM.from_pretrained(demo_model_path("demo-neox"), torch_dtype=torch.float32).eval()
+    docs = [d.text for _, d in zip(range(4), ctxlookup.Corpus.demo("test"))]
+    toks, lens = model.to_tokens(docs)
+    logits, cache = model.run_with_cache(toks, lengths=lens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    for b, n in enumerate(lens):
+        with torch.no_grad():
+            out = hf(torch.tensor(toks[b : b + 1, :n].astype(np.int64)), output_hidden_states=True)
+        assert np.abs(logits[b, :n] - out.logits[0].numpy()).max() < ATOL
+        for l in range(model.cfg.n_layers - 1):  # HF's last hidden state is after the final LayerNorm
+            want = out.hidden_states[l + 1][0].numpy()
+            assert np.abs(cache[f"blocks.{l}.hook_resid_post"][b, :n] - want).max() < ATOL
 
 
 def test_demo_run_finds_context_dependent_heads(tmp_path):

@@ -41,3 +41,20 @@ def test_only_allowed_sources():
     assert not train.allowed({"source": "lambada:12"}) and not train.allowed({"source": "tinyshakespeare:3"})
     assert not train.allowed({"source": "wikitext-2:valid/1"})
     assert train.allowed({"source": "sotu:1790_george_washington_n"}) and train.allowed({"source": "moby-dick:chapter_1"})
+
+
+def test_neox_arch_exports_a_pythia_layout_that_loads(tmp_path):
+    out = tmp_path / "out"
+    assert train.main(TINY + ["--arch", "neox", "--work", str(tmp_path / "w"), "--out", str(out), "--steps", "4"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["GPTNeoXForCausalLM"] and cfg["use_parallel_residual"] and not cfg["tie_word_embeddings"]
+    assert "GPT-NeoX" in (out / "README.md").read_text()
+    import transformers
+
+    hf = transformers.GPTNeoXForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    model = ctxlookup.Model.load(out, tokenizer=False)
+    assert model.cfg.parallel_attn_mlp and model.cfg.rotary_dim == 2  # a quarter of d_head 8
+    toks = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (2, 20))
+    with torch.no_grad():
+        want = hf(torch.tensor(toks)).logits.numpy()
+    assert np.abs(model(toks) - want).max() < ATOL

@@ -172,7 +172,8 @@ class Model:
         """A model by name or path, downloaded from the Hugging Face Hub if needed.
 
         ``name_or_path`` is, in this order: a local checkpoint folder; ``"demo"`` (the small GPT-2
-        bundled with the package); a TransformerLens alias (``"gpt2"``, ``"gpt2-small"``,
+        bundled with the package) or ``"demo-neox"`` (its GPT-NeoX sibling in Pythia's layout,
+        trained the same way); a TransformerLens alias (``"gpt2"``, ``"gpt2-small"``,
         ``"gpt2-medium"``, ``"gpt2-large"``, ``"gpt2-xl"``, ``"pythia-70m"`` ... ``"pythia-12b"`` and
         their ``-deduped`` forms; see ``ctxlookup.hub.ALIASES``); or any Hub repository id
         (``"EleutherAI/pythia-160m"``). ``revision``: a branch, tag or commit hash (Pythia's training
@@ -202,8 +203,8 @@ class Model:
         name = os.fspath(name_or_path)
         if os.path.isdir(name):
             return cls.load(name, **load_options)
-        if name == "demo":
-            path = demo_model_path()
+        if name in DEMO_MODELS:
+            path = demo_model_path(name)
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"the demo model is not bundled in this installation ({path})")
             return cls.load(path, **load_options)
@@ -515,9 +516,14 @@ class Model:
         return self.tokenizer
 
 
-def demo_model_path() -> str:
-    """Where the bundled demo model lives inside the package."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo-gpt2")
+DEMO_MODELS = {"demo": "demo-gpt2", "demo-neox": "demo-neox"}
+
+
+def demo_model_path(name: str = "demo") -> str:
+    """Where a bundled demo model (``"demo"``: GPT-2, ``"demo-neox"``: GPT-NeoX) lives inside the package."""
+    if name not in DEMO_MODELS:
+        raise ValueError(f"unknown demo model '{name}': choose from {sorted(DEMO_MODELS)}")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", DEMO_MODELS[name])
 
 
 def _load_tokenizer(path: str):

@@ -1,6 +1,8 @@
-"""Train ctxlookup's bundled demo model: a byte-level BPE tokenizer and a small GPT-2, from a seed.
+"""Train ctxlookup's bundled demo models: a byte-level BPE tokenizer and a small GPT-2 (or, with
+``--arch neox``, a small Pythia-style GPT-NeoX), from a seed.
 
     python -m ctxlookup.demo.train --data ../shared/data/corpus --work runs/demo-train --seed 1234
+    python -m ctxlookup.demo.train --arch neox --work runs/demo-neox --out python/ctxlookup/data/demo-neox
 
 Reproducible: the tokenizer, the document order and every batch derive from ``--seed``; the run
 checkpoints every ``--checkpoint-every`` steps (model, optimizer, RNG states, step) into
@@ -88,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/demo-train")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "data", "demo-gpt2"))
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--arch", choices=("gpt2", "neox"), default="gpt2",
+                    help="gpt2: tied embeddings, learned positions; neox: Pythia's layout (parallel "
+                         "residual, rotary on a quarter of each head, untied unembedding, exact GELU)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=256)
@@ -134,12 +139,21 @@ def main(argv=None) -> int:
         train_ids, held_ids = encode_stream(tok, docs(train_path)), encode_stream(tok, docs(held_path))
         np.savez(streams, train=train_ids, held=held_ids)
     V = tok.get_vocab_size()
-    cfg = transformers.GPT2Config(vocab_size=V, n_positions=args.n_ctx, n_embd=args.d_model, n_layer=args.layers,
-                                  n_head=args.heads, n_inner=4 * args.d_model, activation_function="gelu_new",
-                                  bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                  tie_word_embeddings=True)
+    if args.arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=V, n_positions=args.n_ctx, n_embd=args.d_model, n_layer=args.layers,
+                                      n_head=args.heads, n_inner=4 * args.d_model, activation_function="gelu_new",
+                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      tie_word_embeddings=True)
+        model_class = transformers.GPT2LMHeadModel
+    else:
+        cfg = transformers.GPTNeoXConfig(vocab_size=V, max_position_embeddings=args.n_ctx, hidden_size=args.d_model,
+                                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                                         intermediate_size=4 * args.d_model, hidden_act="gelu", rotary_pct=0.25,
+                                         rotary_emb_base=10000, use_parallel_residual=True, tie_word_embeddings=False,
+                                         attention_dropout=0.0, hidden_dropout=0.0, bos_token_id=0, eos_token_id=0)
+        model_class = transformers.GPTNeoXForCausalLM
     torch.manual_seed(args.seed)
-    model = transformers.GPT2LMHeadModel(cfg)
+    model = model_class(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(args.seed)
     step, log = 0, []
@@ -220,6 +234,7 @@ def main(argv=None) -> int:
                 train_tokens=int(len(train_ids)), heldout_tokens=int(len(held_ids)),
                 final_train_loss=train_recent, final_heldout_loss=held,
                 unigram_entropy_heldout=unigram_entropy(held_ids, V), vocab_size=V,
+                arch=args.arch, architecture=ARCH_TEXT[args.arch], title=TITLE[args.arch],
                 config=dict(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.n_ctx),
                 excluded_sources=list(EXCLUDED_SOURCES), torch=torch.__version__, transformers=transformers.__version__)
     with open(os.path.join(out, "training.json"), "w") as f:
@@ -230,13 +245,18 @@ def main(argv=None) -> int:
     return 0
 
 
-MODEL_CARD = """# ctxlookup demo GPT-2
+TITLE = {"gpt2": "GPT-2", "neox": "GPT-NeoX (Pythia layout)"}
+ARCH_TEXT = {"gpt2": "GPT-2 (learned positions, gelu_new, tied embeddings)",
+             "neox": "GPT-NeoX as in Pythia (parallel attention and MLP, rotary embeddings on a quarter of "
+                     "each head, exact GELU, untied unembedding)"}
 
-A small GPT-2-architecture language model trained from scratch so that ctxlookup's demo runs the
-whole method offline. Not a general-purpose model.
+MODEL_CARD = """# ctxlookup demo {title}
 
-- Architecture: GPT-2, {n_layer} layers, d_model {n_embd}, {n_head} heads, d_mlp 4 x d_model,
-  context {n_positions}, tied embeddings, byte-level BPE vocabulary of {vocab_size} (trained here).
+A small {title} language model trained from scratch so that ctxlookup's demo runs the whole
+method offline. Not a general-purpose model.
+
+- Architecture: {architecture}; {n_layer} layers, d_model {n_embd}, {n_head} heads, d_mlp
+  4 x d_model, context {n_positions}, byte-level BPE vocabulary of {vocab_size} (trained here).
 - Data: `train.jsonl.gz` of ctxlookup's development corpus (State of the Union addresses,
   SpamAssassin e-mails, Moby-Dick, the King James Bible, fortunes, Python and Linux documentation,
   man pages, Python standard-library code), without the GitHub-sourced parts ({excluded_sources}).
