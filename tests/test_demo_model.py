@@ -68,3 +68,27 @@ def test_demo_run_finds_context_dependent_heads(tmp_path):
     assert len(heads) > 0 and heads.active_fraction.between(0.25, 0.75).all()
     scores = run.read("scores")
     assert scores.explanation.notna().all() and np.isfinite(scores.E).any()
+
+
+def test_top_congruence_neurons_are_frequency_neurons():
+    """The README's diagnosis of the demo: its most congruent neurons' logit patterns track log
+    token frequency; with remove_frequency (counts from the demo train corpus) that is gone and
+    the ranking changes."""
+    model = ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
+    train = ctxlookup.Corpus.demo("train")
+    glitch = ctxlookup.detect_glitch_tokens(model, corpus=train)
+    counts = ctxlookup.neurons.token_counts(model, train, max_docs=3000)
+    proj = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=glitch, remove_frequency=counts)
+    raw = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=glitch)
+    top_raw = raw.sort_values("congruence", ascending=False).head(10)
+    # the raw top 10's logit patterns against log frequency
+    W = np.stack([model.W_out[l][n] for l, n in zip(top_raw.layer, top_raw.neuron)]).astype(np.float64)
+    f = np.log(counts + 1.0)
+    f -= f.mean()
+    pat = W @ model.W_U.astype(np.float64)
+    pat -= pat.mean(1, keepdims=True)
+    r = (pat @ f) / (np.linalg.norm(pat, axis=1) * np.linalg.norm(f))
+    assert (np.abs(r) > 0.55).all()
+    top_proj = proj.sort_values("congruence", ascending=False).head(10)
+    assert set(zip(top_proj.layer, top_proj.neuron)) != set(zip(top_raw.layer, top_raw.neuron))
+    assert top_proj.congruence.max() < top_raw.congruence.max()

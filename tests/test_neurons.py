@@ -132,3 +132,35 @@ def test_rare_in_corpus_tokens_are_flagged(text_model_dir):
     assert len(rare) > 1000 and (rare.corpus_count < 5).all()
     df = next_token_neurons(m, layers=[2], top_k=5, corpus=corpus)
     assert not df.token_id.isin(g.token_id).any()
+
+
+def test_remove_frequency_brute_force(model):
+    """Projecting the frequency direction out of W_out: the congruence equals the brute-force
+    projected product, and every neuron's projected logit pattern is uncorrelated with f."""
+    V = model.cfg.d_vocab
+    counts = np.random.default_rng(4).integers(0, 1000, V) ** 2
+    df = ctxlookup.next_token_neurons(model, layers=[0, 1], top_k=5, token_filter=None, exclude_glitch=False,
+                                      remove_frequency=counts)
+    f = np.log(counts + 1.0)
+    f -= f.mean()
+    U = model.W_U.astype(np.float64)
+    v = U @ f
+    v /= np.linalg.norm(v)
+    np.testing.assert_allclose(df.attrs["frequency_direction"], v, rtol=1e-10)
+    for layer in (0, 1):
+        W = model.W_out[layer].astype(np.float64)
+        raw = W @ U
+        C = (W - np.outer(W @ v, v)) @ U
+        Cc = C - C.mean(1, keepdims=True)
+        assert np.abs(Cc @ f).max() < 1e-6 * np.abs(raw @ f).max()  # no correlation left
+        got = df[df.layer == layer]
+        want = np.lexsort((np.arange(len(C)), -C.max(1)))[:5]
+        assert got.neuron.tolist() == want.tolist()
+        np.testing.assert_allclose(got.congruence, C.max(1)[want], rtol=1e-4, atol=1e-5)
+        rawc = raw[want] - raw[want].mean(1, keepdims=True)
+        r = (rawc @ f) / (np.linalg.norm(rawc, axis=1) * np.linalg.norm(f))
+        np.testing.assert_allclose(got.frequency_r, r, rtol=1e-6, atol=1e-9)
+    plain = ctxlookup.next_token_neurons(model, layers=[0], top_k=5, token_filter=None, exclude_glitch=False)
+    assert "frequency_r" not in plain.columns and plain.attrs["frequency_direction"] is None
+    with pytest.raises(ValueError, match="one per token"):
+        ctxlookup.next_token_neurons(model, layers=[0], top_k=5, token_filter=None, remove_frequency=np.ones(3))

@@ -17,7 +17,7 @@ import pandas as pd
 from . import _core
 
 __all__ = ["next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
-           "default_layers", "token_strings", "congruence"]
+           "default_layers", "token_strings", "congruence", "token_counts", "frequency_direction"]
 
 
 def default_layers(model) -> tuple:
@@ -130,15 +130,51 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     return df
 
 
-def _scores(model, layer, U, allowed, top):
-    return _core.congruence(np.ascontiguousarray(model.W_out[layer]), U, allowed.astype(np.uint8) if allowed is not None else None,
-                            top)
+def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
+    """How often each token id occurs in the first ``max_docs`` documents of ``corpus`` (int64, d_vocab)."""
+    if model.tokenizer is None:
+        raise ValueError("token counts need the model's tokenizer")
+    V = model.cfg.d_vocab
+    counts = np.zeros(V, np.int64)
+    texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
+    for ids in model.tokenizer.encode_batch(texts):
+        np.add.at(counts, ids[ids < V], 1)
+    return counts
+
+
+def frequency_direction(model, counts, direction: str = "unembed") -> np.ndarray:
+    """The residual-stream direction of token frequency: ``U @ f / |U @ f|``, where ``U`` is the
+    token matrix of ``direction`` as ``(d_model, d_vocab)`` and ``f`` the centred log frequency of
+    every token (add-one ``counts``). A vector ``w`` has logit pattern ``w @ U``; removing its
+    component along this direction makes that pattern exactly uncorrelated with ``f``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.shape != (model.cfg.d_vocab,) or (counts < 0).any():
+        raise ValueError(f"counts must be {model.cfg.d_vocab} non-negative numbers, one per token")
+    f = np.log(counts + 1.0)
+    f -= f.mean()
+    v = np.asarray(_token_matrix(model, direction), dtype=np.float64).T @ f
+    n = np.linalg.norm(v)
+    if n == 0:
+        raise ValueError("the token counts are all equal: there is no frequency direction")
+    return v / n
+
+
+def _layer_weights(model, layer, freq_dir):
+    W = model.W_out[layer]
+    if freq_dir is None:
+        return np.ascontiguousarray(W)
+    W = np.asarray(W, dtype=np.float64)
+    return np.ascontiguousarray(W - np.outer(W @ freq_dir, freq_dir), dtype=np.float32)
+
+
+def _scores(W, U, allowed, top):
+    return _core.congruence(W, U, allowed.astype(np.uint8) if allowed is not None else None, top)
 
 
 def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Optional[int] = None,
                        direction: str = "unembed", token_filter: Optional[str] = "whole_word",
                        exclude_glitch: bool = True, top_tokens: int = 5, glitch: Optional[pd.DataFrame] = None,
-                       corpus=None) -> pd.DataFrame:
+                       corpus=None, remove_frequency=None) -> pd.DataFrame:
     """The ``top_k`` neurons per layer with the largest congruence to a candidate token.
 
     Returns a DataFrame with columns ``layer, neuron, token_id, token, congruence, rank`` (rank
@@ -148,6 +184,15 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
     With ``exclude_glitch``, tokens from :func:`detect_glitch_tokens` (run with ``corpus``, the
     corpus the prompts will come from, when given; or the table ``glitch``) are not candidates; ``df.attrs["excluded_tokens"]`` lists them with reasons and
     ``df.attrs["excluded_neurons"]`` the neurons that would have been selected through one.
+
+    ``remove_frequency`` (not the paper's; default None): a corpus, or per-token counts. Each
+    neuron's output weights lose their component along :func:`frequency_direction` before the
+    congruence is taken, so its logit pattern is uncorrelated with log token frequency. In small
+    or briefly trained models the most congruent neurons are token-frequency neurons (Stolfo et
+    al. 2024, "Confidence regulation neurons"): they raise or lower tokens by how common they
+    are, and their "top token" is just the rarest or commonest candidate. ``df.attrs``
+    records ``frequency_direction`` and, per selected neuron, the correlation its raw logit
+    pattern had with log frequency (column ``frequency_r``).
     """
     d_layers, d_top = default_layers(model)
     layers = _check_layers(model, d_layers if layers is None else layers)
@@ -174,25 +219,41 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
         clean = allowed
     if not clean.any():
         raise ValueError("no candidate tokens are left after filtering")
+    freq_dir, f = None, None
+    if remove_frequency is not None:
+        counts = remove_frequency if isinstance(remove_frequency, np.ndarray) else token_counts(model, remove_frequency)
+        freq_dir = frequency_direction(model, counts, direction)
+        f = np.log(np.asarray(counts, dtype=np.float64) + 1.0)
+        f -= f.mean()
+        U64 = np.asarray(U, dtype=np.float64)  # (d_vocab, d_model)
+        g, G, ssum = U64.T @ f, U64.T @ U64, U64.sum(0)
     rows, excluded_neurons = [], []
     for layer in layers:
-        ids, vals = _scores(model, layer, U, clean, top_tokens)
+        W = _layer_weights(model, layer, freq_dir)
+        ids, vals = _scores(W, U, clean, top_tokens)
         order = np.lexsort((np.arange(len(vals)), -vals[:, 0]))[:top_k]
+        if freq_dir is not None:  # correlation of each selected neuron's raw logit pattern w @ U^T with f
+            Wr = np.asarray(model.W_out[layer][order], dtype=np.float64)
+            num = Wr @ g  # f is centred, so the pattern's mean drops out
+            var = np.einsum("kd,de,ke->k", Wr, G, Wr) - (Wr @ ssum) ** 2 / V
+            r_of = dict(zip(order.tolist(), num / (np.sqrt(np.maximum(var, 1e-300)) * np.linalg.norm(f))))
         for rank, n in enumerate(order):
             rows.append(dict(layer=layer, neuron=int(n), token_id=int(ids[n, 0]), token=strings[ids[n, 0]],
                              congruence=float(vals[n, 0]), rank=rank, top_token_ids=[int(i) for i in ids[n]],
-                             top_tokens=[strings[i] for i in ids[n]], top_congruences=[float(v) for v in vals[n]]))
+                             top_tokens=[strings[i] for i in ids[n]], top_congruences=[float(v) for v in vals[n]],
+                             **({"frequency_r": float(r_of[int(n)])} if freq_dir is not None else {})))
         if exclude_glitch and len(excluded_tokens):
-            ids_all, vals_all = _scores(model, layer, U, allowed, 1)
+            ids_all, vals_all = _scores(W, U, allowed, 1)
             order_all = np.lexsort((np.arange(len(vals_all)), -vals_all[:, 0]))[:top_k]
             bad = set(excluded_tokens["token_id"].tolist())
             for n in order_all:
                 if int(ids_all[n, 0]) in bad:
                     excluded_neurons.append(dict(layer=layer, neuron=int(n), token_id=int(ids_all[n, 0]),
                                                  token=strings[ids_all[n, 0]], congruence=float(vals_all[n, 0])))
-    df = pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "token", "congruence", "rank", "top_token_ids",
-                                     "top_tokens", "top_congruences"])
+    cols = ["layer", "neuron", "token_id", "token", "congruence", "rank", "top_token_ids", "top_tokens", "top_congruences"]
+    df = pd.DataFrame(rows, columns=cols + (["frequency_r"] if freq_dir is not None else []))
     df.attrs.update(direction=direction, token_filter=token_filter, exclude_glitch=exclude_glitch,
+                    frequency_direction=freq_dir,
                     excluded_tokens=excluded_tokens,
                     excluded_neurons=pd.DataFrame(excluded_neurons, columns=["layer", "neuron", "token_id", "token",
                                                                              "congruence"]))
