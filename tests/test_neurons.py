@@ -164,3 +164,14 @@ def test_remove_frequency_brute_force(model):
     assert "frequency_r" not in plain.columns and plain.attrs["frequency_direction"] is None
     with pytest.raises(ValueError, match="one per token"):
         ctxlookup.next_token_neurons(model, layers=[0], top_k=5, token_filter=None, remove_frequency=np.ones(3))
+
+
+def test_random_neurons_remove_frequency(model):
+    counts = np.random.default_rng(5).integers(0, 500, model.cfg.d_vocab) ** 2
+    a = random_neurons(model, layers=[2], n=6, seed=3, token_filter=None, remove_frequency=counts)
+    b = random_neurons(model, layers=[2], n=6, seed=3, token_filter=None)
+    assert a.neuron.tolist() == b.neuron.tolist()  # the same draw; only the tokens' scoring changes
+    v = a.attrs["frequency_direction"]
+    W = model.W_out[2].astype(np.float64)
+    C = (W - np.outer(W @ v, v)) @ model.W_U.astype(np.float64)
+    np.testing.assert_array_equal(a.token_id.to_numpy(), C[a.neuron.to_numpy()].argmax(1))

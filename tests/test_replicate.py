@@ -124,3 +124,25 @@ def test_sigkill_mid_run_then_resume_gives_the_same_result(text_model_dir, corpo
     a, b = _tables(clean), _tables(killed)
     for n in a:
         pd.testing.assert_frame_equal(a[n], b[n], check_dtype=False, obj=n)
+
+
+def test_remove_frequency_option_and_older_manifests(text_model_dir, corpora, tmp_path):
+    """--remove-frequency changes the neurons stage and is recorded; a run directory whose manifest
+    predates an option resumes as if it had the option's default."""
+    out = str(tmp_path / "run")
+    plain = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="neurons", **OPTS)
+    proj = replicate(text_model_dir, str(tmp_path / "proj"), corpus=corpora[0], test_corpus=corpora[1], until="neurons",
+                     remove_frequency=True, **OPTS)
+    m = json.load(open(os.path.join(str(tmp_path / "proj"), "manifest.json")))
+    assert m["options_key"]["remove_frequency"] is True
+    a, b = plain.read("neurons"), proj.read("neurons")
+    assert not a[["layer", "neuron", "token_id"]].equals(b[["layer", "neuron", "token_id"]])
+    path = os.path.join(out, "manifest.json")
+    m = json.load(open(path))
+    del m["options_key"]["remove_frequency"], m["options"]["remove_frequency"]
+    json.dump(m, open(path, "w"))
+    again = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="neurons", **OPTS)
+    pd.testing.assert_frame_equal(again.read("neurons"), a)
+    with pytest.raises(ValueError, match="remove_frequency"):
+        replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="neurons", remove_frequency=True,
+                  **OPTS)

@@ -37,6 +37,10 @@ def _add_replicate(sub):
     p.add_argument("--no-process-weights", dest="process_weights", action="store_false",
                    help="raw weights (default: fold_ln, center_writing_weights, center_unembed, fold_value_biases)")
     p.add_argument("--direction", choices=["unembed", "embed"], default=d.direction)
+    p.add_argument("--remove-frequency", action="store_true",
+                   help="project the token-frequency direction (counted on the prompts' corpus) out of each neuron's "
+                        "output weights before the congruence (not the paper's; for small models whose top neurons "
+                        "are frequency neurons)")
     p.add_argument("--rule", choices=["architecture", "authors"], default=d.rule)
     p.add_argument("--truncation", choices=["exact", "binary"], default=d.truncation)
     p.add_argument("--ablation", choices=["zero", "mean"], default=d.ablation)

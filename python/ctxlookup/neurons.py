@@ -261,9 +261,11 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
 
 
 def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, seed: int = 0,
-                   direction: str = "unembed", token_filter: Optional[str] = "whole_word") -> pd.DataFrame:
+                   direction: str = "unembed", token_filter: Optional[str] = "whole_word",
+                   remove_frequency=None) -> pd.DataFrame:
     """The §5.2.2 baseline: ``n`` neurons per layer drawn uniformly without replacement (seeded),
-    each with its most congruent candidate token. Same columns as :func:`next_token_neurons`."""
+    each with its most congruent candidate token. Same columns as :func:`next_token_neurons`;
+    ``remove_frequency`` as there (the tokens are then assigned after the projection)."""
     d_layers, _ = default_layers(model)
     layers = _check_layers(model, d_layers if layers is None else layers)
     if not 1 <= n <= model.cfg.d_mlp:
@@ -272,17 +274,21 @@ def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, s
     U = np.ascontiguousarray(_token_matrix(model, direction))
     strings = token_strings(model)
     allowed = whole_word_mask(strings) if token_filter == "whole_word" and model.tokenizer is not None else None
+    freq_dir = None
+    if remove_frequency is not None:
+        counts = remove_frequency if isinstance(remove_frequency, np.ndarray) else token_counts(model, remove_frequency)
+        freq_dir = frequency_direction(model, counts, direction)
     rows = []
     for layer in layers:
         picked = np.sort(rng.choice(model.cfg.d_mlp, size=n, replace=False))
-        W = np.ascontiguousarray(model.W_out[layer][picked])
+        W = np.ascontiguousarray(_layer_weights(model, layer, freq_dir)[picked])
         ids, vals = _core.congruence(W, U, None if allowed is None else allowed.astype(np.uint8), 5)
         for rank, (nr, i, v) in enumerate(zip(picked, ids, vals)):
             rows.append(dict(layer=layer, neuron=int(nr), token_id=int(i[0]), token=strings[i[0]], congruence=float(v[0]),
                              rank=rank, top_token_ids=[int(x) for x in i], top_tokens=[strings[x] for x in i],
                              top_congruences=[float(x) for x in v]))
     df = pd.DataFrame(rows)
-    df.attrs.update(direction=direction, seed=seed, baseline="random")
+    df.attrs.update(direction=direction, seed=seed, baseline="random", frequency_direction=freq_dir)
     return df
 
 

@@ -79,6 +79,7 @@ class Options:
     seed: int = 0
     process_weights: bool = True                  # fold_ln, center_writing_weights, center_unembed, fold_value_biases
     direction: str = "unembed"
+    remove_frequency: bool = False                # not the paper's: see neurons.next_token_neurons
     rule: str = "architecture"
     truncation: str = "exact"
     keep: float = 0.8
@@ -145,8 +146,10 @@ class Run:
         if os.path.exists(self.manifest_path):
             with open(self.manifest_path) as f:
                 m = json.load(f)
-            if m.get("options_key") != self.opts.key():
-                old = m.get("options_key", {})
+            # an option added after the run was made counts as its default
+            defaults = {f.name: f.default for f in dataclasses.fields(Options) if f.default is not dataclasses.MISSING}
+            old = dict({k: v for k, v in defaults.items() if k in self.opts.key()}, **m.get("options_key", {}))
+            if old != self.opts.key():
                 diff = sorted(k for k in set(old) | set(self.opts.key()) if old.get(k) != self.opts.key().get(k))
                 raise ValueError(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
                                  f"use another --out, or the same options to resume")
@@ -277,9 +280,15 @@ class Run:
         d_layers, d_top = default_layers(m)
         layers = self.opts.layers or d_layers
         top = self.opts.neurons_per_layer or d_top
-        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction, corpus=self.corpus("train"))
+        freq = None
+        if self.opts.remove_frequency:  # token counts of the prompts' corpus, as the glitch check uses
+            from .neurons import token_counts
+
+            freq = token_counts(m, self.corpus("train"))
+        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction, corpus=self.corpus("train"),
+                                remove_frequency=freq)
         rnd = random_neurons(m, layers=layers, n=min(self.opts.random_per_layer, m.cfg.d_mlp), seed=self.opts.seed,
-                             direction=self.opts.direction)
+                             direction=self.opts.direction, remove_frequency=freq)
         cols = ["layer", "neuron", "token_id", "token", "congruence", "rank"]
         neurons = pd.concat([nt[cols].assign(group="next_token"), rnd[cols].assign(group="random")], ignore_index=True)
         self.write("neurons", neurons)
