@@ -67,8 +67,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 #: USD per million (input, output) tokens, as OpenAI publishes them (the gpt-4o and gpt-4.1 rows checked
 #: against copies of OpenAI's pricing page from March-April 2026, gpt-4-turbo's $10/$30 likewise; the
-#: older rows are OpenAI's last published figures; verify before a large run). A model name is matched exactly, else by the longest key it starts with
-#: ("gpt-4o-2024-08-06" -> "gpt-4o"). Override or extend with ``Client(prices={...})``. Models with no
+#: older rows are OpenAI's last published figures; verify before a large run). A model name is
+#: matched exactly, else by the longest key it starts with ("gpt-4o-2024-08-06" -> "gpt-4o"). Override or extend with ``Client(prices={...})``. Models with no
 #: entry (local servers) cost 0 and :attr:`Client.price` is None.
 PRICES: Dict[str, Tuple[float, float]] = {
     "gpt-4-1106-preview": (10.0, 30.0),
