@@ -1,6 +1,7 @@
 /* cl_kernels.c: the forward pass's elementwise and attention kernels, written so GCC
  * vectorises them without -ffast-math (inner loops are axpy-shaped, never reductions over
- * floats in a changing order), and compiled for AVX-512 or AVX2+FMA where the CPU has them
+ * floats in a changing order; exp, GELU, softmax and the attention blocks explicitly on
+ * 16-float vectors), and compiled for AVX-512 or AVX2+FMA where the CPU has them
  * (target_clones by ISA level, so AMD and Intel CPUs alike get the wide versions).
  * Pure functions of their arguments: no allocation, no BLAS, no hooks; the only global read is
  * the core's thread count (cl_num_threads). */
@@ -22,50 +23,28 @@
 #define HOT
 #endif
 
-/* exp(x) in float, ~1 ulp: x = n ln2 + r, |r| <= ln2/2, Cephes polynomial for e^r, 2^n by
- * building the exponent bits. Branch-free so loops over it vectorise. */
-static inline float fast_expf(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.0f ? 88.0f : x; /* keeps 2^n finite */
-    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t = x * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &bits, sizeof s);
-    return y * s;
-}
-
-float cl_expf(float x) { return fast_expf(x); }
-
-/* 16 floats, GCC/Clang vector extensions: one zmm in the AVX-512 clone, two ymm or four xmm in
- * the others. Used where GCC does not vectorise plain loops by itself (reductions, blocks). */
+/* 16 floats, GCC/Clang vector extensions: one zmm in the AVX-512 clone, two ymm in the AVX2
+ * one, four xmm in the default one. Every transcendental loop is written on them, so each clone
+ * vectorises it whatever its auto-vectoriser decides. */
+#define VINLINE static inline __attribute__((always_inline)) /* into each clone: a call would use the default ISA */
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 enum { W = 16 };
 
-static inline v16 vload(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline v16 vsplat(float x) { return (v16){0} + x; }
-static inline v16 vselect(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
-static inline v16 vmax(v16 a, v16 b) { return vselect(a > b, a, b); }
-static inline float hmax(v16 v) { float m = v[0]; for (int k = 1; k < W; k++) m = v[k] > m ? v[k] : m; return m; }
-static inline float hsum(v16 v) { float s = 0.0f; for (int k = 0; k < W; k++) s += v[k]; return s; }
+VINLINE v16 vload(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+VINLINE void vstore(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+VINLINE v16 vsplat(float x) { return (v16){0} + x; }
+VINLINE v16 vselect(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+VINLINE v16 vmax(v16 a, v16 b) { return vselect(a > b, a, b); }
+VINLINE float hmax(v16 v) { float m = v[0]; for (int k = 1; k < W; k++) m = v[k] > m ? v[k] : m; return m; }
+VINLINE float hsum(v16 v) { float s = 0.0f; for (int k = 0; k < W; k++) s += v[k]; return s; }
 
-/* fast_expf on 16 lanes: the same operations, lane by lane. */
-static inline v16 vexp(v16 x) {
+/* exp(x) in float, ~1 ulp, on 16 lanes: x = n ln2 + r, |r| <= ln2/2, Cephes polynomial for e^r,
+ * 2^n by building the exponent bits. The core's only exp. */
+VINLINE v16 vexp(v16 x) {
     x = vmax(x, vsplat(-87.33654f));
-    x = vselect(x > 88.0f, vsplat(88.0f), x);
-    const float magic = 12582912.0f;
+    x = vselect(x > 88.0f, vsplat(88.0f), x); /* keeps 2^n finite */
+    const float magic = 12582912.0f;          /* 1.5 * 2^23: adding it rounds to an integer */
     v16 t = x * 1.44269504088896341f + magic;
     v16 n = t - magic;
     v16 r = x - n * 0.693359375f;
@@ -79,6 +58,18 @@ static inline v16 vexp(v16 x) {
     v16 y = p * r * r + r + 1.0f;
     v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
     return y * (v16)bits;
+}
+
+float cl_expf(float x) { return vexp(vsplat(x))[0]; }
+
+/* f over the last n % 16 floats of x[0..n), in place, through a padded copy. */
+VINLINE void tail16(float *x, size_t n, v16 (*f)(v16)) {
+    size_t nv = n - n % W, m = n - nv;
+    if (!m) return;
+    float buf[W] = {0};
+    memcpy(buf, x + nv, m * sizeof(float));
+    vstore(buf, f(vload(buf)));
+    memcpy(x + nv, buf, m * sizeof(float));
 }
 
 HOT void cl_layernorm(float *out, float *scale, const float *inp, const float *w, const float *b, size_t N, size_t C,
@@ -99,28 +90,33 @@ HOT void cl_layernorm(float *out, float *scale, const float *inp, const float *w
     }
 }
 
+VINLINE v16 gelu_tanh16(v16 v) {
+    v16 u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    v16 th = 1.0f - 2.0f / (vexp(2.0f * u) + 1.0f); /* tanh(u) */
+    return 0.5f * v * (1.0f + th);
+}
+
 HOT void cl_gelu_tanh(float *x, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(cl_num_threads()) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-        float th = 1.0f - 2.0f / (fast_expf(2.0f * u) + 1.0f); /* tanh(u) */
-        x[i] = 0.5f * v * (1.0f + th);
-    }
+    for (size_t i = 0; i < n / W; i++) vstore(x + i * W, gelu_tanh16(vload(x + i * W)));
+    tail16(x, n, gelu_tanh16);
 }
 
 /* erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, float rounding level). */
+VINLINE v16 gelu_erf16(v16 v) {
+    v16 z = v * 0.70710678118654752f;
+    v16 az = (v16)((v16i)z & 0x7fffffff);
+    v16 t = 1.0f / (1.0f + 0.3275911f * az);
+    v16 poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    v16 e = 1.0f - poly * vexp(-az * az);
+    e = vselect(z < 0.0f, -e, e);
+    return 0.5f * v * (1.0f + e);
+}
+
 HOT void cl_gelu_erf(float *x, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(cl_num_threads()) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float z = v * 0.70710678118654752f, az = fabsf(z);
-        float t = 1.0f / (1.0f + 0.3275911f * az);
-        float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-        float e = 1.0f - poly * fast_expf(-az * az);
-        e = z < 0 ? -e : e;
-        x[i] = 0.5f * v * (1.0f + e);
-    }
+    for (size_t i = 0; i < n / W; i++) vstore(x + i * W, gelu_erf16(vload(x + i * W)));
+    tail16(x, n, gelu_erf16);
 }
 
 void cl_relu(float *x, size_t n) {
@@ -171,7 +167,7 @@ static inline void score_row(float *s, const float *qi, const float *kT, int T, 
 
 /* softmax(scale * s[0..n)) in place (scale > 0); entries from n on untouched. The max and the
  * sum run in 16 lanes, then across them: a fixed order, the same on every run and thread count. */
-static inline void softmax_row(float *s, int n, float scale) {
+VINLINE void softmax_row(float *s, int n, float scale) {
     int j, nv = n - n % W;
     float mx = -INFINITY, sum = 0.0f;
     if (nv) {
@@ -187,9 +183,14 @@ static inline void softmax_row(float *s, int n, float scale) {
         acc += e;
     }
     sum = hsum(acc);
-    for (j = nv; j < n; j++) {
-        s[j] = fast_expf((s[j] - mx) * scale);
-        sum += s[j];
+    if (nv < n) { /* the last partial group, through a padded copy */
+        float buf[W] = {0};
+        memcpy(buf, s + nv, (size_t)(n - nv) * sizeof(float));
+        vstore(buf, vexp((vload(buf) - mx) * scale));
+        for (j = nv; j < n; j++) {
+            s[j] = buf[j - nv];
+            sum += s[j];
+        }
     }
     float inv = 1.0f / sum;
     for (j = 0; j < nv; j += W) vstore(s + j, vload(s + j) * inv);
