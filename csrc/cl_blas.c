@@ -39,9 +39,10 @@ enum { ALIGN = 32, MIN_FLOPS_PER_THREAD = 1 << 21 };
 
 /* Accounting: a GEMM inside a parallel region (one task among the team's) counts its thread's
  * seconds divided by the team size, so the totals stay comparable with wall time. */
-static void record(int transA, int transB, int M, int N, int K, int in_task, double dt, double flops) {
+static void record(int transA, int transB, int M, int N, int K, int team, double dt, double flops) {
     pthread_mutex_lock(&stats_lock);
-    double share = in_task ? dt / omp_get_num_threads() : dt;
+    const int in_task = team > 1;
+    double share = dt / team;
     stats.calls++;
     stats.seconds += share;
     stats.flops += flops;
@@ -50,11 +51,10 @@ static void record(int transA, int transB, int M, int N, int K, int in_task, dou
         cl_blas_shape *e = &stats.shapes[i];
         if (e->transA == transA && e->transB == transB && e->M == M && e->N == N && e->K == K && e->in_task == in_task) break;
     }
-    if (i == stats.n_shapes && i < CL_BLAS_MAX_SHAPES) stats.shapes[stats.n_shapes++] = (cl_blas_shape){transA, transB, M, N, K, in_task, 0, 0, 0};
+    if (i == stats.n_shapes && i < CL_BLAS_MAX_SHAPES) stats.shapes[stats.n_shapes++] = (cl_blas_shape){transA, transB, M, N, K, in_task, team, 0, 0};
     if (i < CL_BLAS_MAX_SHAPES) {
         stats.shapes[i].calls++;
         stats.shapes[i].seconds += share;
-        if (in_task) stats.shapes[i].team = omp_get_num_threads();
     } else {
         stats.dropped_shapes++;
     }
@@ -66,22 +66,22 @@ void cl_sgemm(int transA, int transB, int M, int N, int K, const float *A, int l
     if (M <= 0 || N <= 0) return;
     pthread_once(&single_once, make_single);
     double t0 = stats_on ? now() : 0;
-    int nt = omp_in_parallel() ? 1 : cl_num_threads();
-    double flops = 2.0 * M * N * K;
+    const int in_team = omp_in_parallel() ? omp_get_num_threads() : 1; /* > 1: one task among a team's */
+    const double flops = 2.0 * M * N * K;
+    const int by_cols = N >= M, len = by_cols ? N : M; /* split the longer side of C ... */
+    const int blocks = (len + ALIGN - 1) / ALIGN;       /* ... in whole ALIGN blocks */
+    int nt = in_team > 1 ? 1 : cl_num_threads();
     double cap = flops / MIN_FLOPS_PER_THREAD; /* small GEMMs: fewer threads, or none */
     if (cap < nt) nt = cap < 1 ? 1 : (int)cap;
-    int by_cols = N >= M; /* split the longer side of C */
-    int len = by_cols ? N : M;
-    if (nt > (len + ALIGN - 1) / ALIGN) nt = (len + ALIGN - 1) / ALIGN;
+    if (nt > blocks) nt = blocks;
     if (nt <= 1) {
         gemm1(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
     } else {
 #pragma omp parallel num_threads(nt)
         {
             int me = omp_get_thread_num(), team = omp_get_num_threads();
-            int blocks = (len + ALIGN - 1) / ALIGN; /* whole ALIGN blocks, spread evenly */
-            int b0 = (int)((long)blocks * me / team), b1 = (int)((long)blocks * (me + 1) / team);
-            int i0 = b0 * ALIGN, i1 = b1 * ALIGN < len ? b1 * ALIGN : len;
+            int i0 = (int)((long)blocks * me / team) * ALIGN, i1 = (int)((long)blocks * (me + 1) / team) * ALIGN;
+            if (i1 > len) i1 = len;
             if (i1 > i0) {
                 if (by_cols)
                     gemm1(transA, transB, M, i1 - i0, K, A, lda, transB ? B + (size_t)i0 * ldb : B + i0, ldb, beta,
@@ -92,7 +92,7 @@ void cl_sgemm(int transA, int transB, int M, int N, int K, const float *A, int l
             }
         }
     }
-    if (stats_on) record(transA, transB, M, N, K, omp_in_parallel(), now() - t0, flops);
+    if (stats_on) record(transA, transB, M, N, K, in_team, now() - t0, flops);
 }
 
 double cl_sgemm_openblas_threaded(int transB, int M, int N, int K, const float *A, const float *B, float *C,

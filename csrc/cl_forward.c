@@ -21,7 +21,7 @@ typedef struct {
     const int32_t *start; /* (B) first packed row of each sequence */
     size_t N;
     int remaining;        /* active hook points not yet reached */
-    float *tmp;           /* contiguous copy for callbacks on strided views */
+    float *tmp;           /* contiguous copy for callbacks on strided views (only with callbacks) */
     float *attn_buf;      /* (B, H, T_pad, T_pad) when scores/pattern are hooked */
 } fwd;
 
@@ -198,7 +198,7 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
             }
     f.start = start;
     f.N = N;
-    int want_attn_buf = 0, want_result = 0, want_final = 0;
+    int want_attn_buf = 0, want_result = 0, want_final = 0, want_tmp = 0;
     if (a->slots) {
         for (int k = 0; k < CL_HK_COUNT; k++)
             for (int l = -1; l < L; l++) {
@@ -220,6 +220,7 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
                 if (k == CL_HK_ATTN_SCORES || k == CL_HK_PATTERN) want_attn_buf = 1;
                 if (k == CL_HK_RESULT) want_result = 1;
                 if (k >= CL_HK_LNF_SCALE) want_final = 1;
+                if (slot_of(&f, (cl_hook_kind)k, l)->callback) want_tmp = 1;
                 if (slot_of(&f, (cl_hook_kind)k, l)->callback && !a->hook_fn) {
                     st = cl_fail(err, CL_EINVAL, "a callback was requested without a hook function");
                     goto done;
@@ -242,13 +243,12 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     attn_out = malloc(N * D * sizeof(float));
     mlp = malloc(N * M * sizeof(float));
     mlp_out = malloc(N * D * sizeof(float));
-    size_t tmp_n = N * (wide > (size_t)H * D ? wide : (size_t)H * D);
-    f.tmp = malloc(tmp_n * sizeof(float));
+    if (want_tmp) f.tmp = malloc(N * (wide > (size_t)H * D ? wide : (size_t)H * D) * sizeof(float)); /* callbacks on strided views */
     scratch = malloc((size_t)nthreads * scratch_per * sizeof(float));
     if (want_result) result = malloc(N * (size_t)H * D * sizeof(float));
     if (want_attn_buf) f.attn_buf = malloc((size_t)a->B * H * a->T_pad * a->T_pad * sizeof(float));
     attn_tasks = attention_tasks(a, H, &n_attn_tasks);
-    if (!resid || !ln || !scale || !qkv || !z || !attn_out || !mlp || !mlp_out || !f.tmp || !scratch || !attn_tasks ||
+    if (!resid || !ln || !scale || !qkv || !z || !attn_out || !mlp || !mlp_out || (want_tmp && !f.tmp) || !scratch || !attn_tasks ||
         (want_result && !result) || (want_attn_buf && !f.attn_buf)) {
         st = cl_fail(err, CL_ENOMEM, "out of memory for activations of %zu tokens", N);
         goto done;
