@@ -115,10 +115,7 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
             rows.append((int(t), strings[t], "low_embedding_norm", float(z[t])))
     counts = None
     if corpus is not None and tok is not None:
-        counts = np.zeros(V, np.int64)
-        texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
-        for ids in tok.encode_batch(texts):
-            np.add.at(counts, ids[ids < V], 1)
+        counts = token_counts(model, corpus, max_docs)
         flagged = {r[0] for r in rows}
         for t in np.nonzero(counts[:n_real] < min_count)[0]:
             if int(t) not in flagged and int(t) not in special:
@@ -142,16 +139,30 @@ def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
     return counts
 
 
+def _log_frequency(model, counts) -> np.ndarray:
+    """Centred log of add-one token counts."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.shape != (model.cfg.d_vocab,) or (counts < 0).any():
+        raise ValueError(f"counts must be {model.cfg.d_vocab} non-negative numbers, one per token")
+    f = np.log(counts + 1.0)
+    return f - f.mean()
+
+
+def _frequency(model, remove_frequency, direction):
+    """``(direction vector, centred log frequency)`` for a ``remove_frequency`` argument (a corpus or
+    per-token counts), or ``(None, None)``."""
+    if remove_frequency is None:
+        return None, None
+    counts = remove_frequency if isinstance(remove_frequency, np.ndarray) else token_counts(model, remove_frequency)
+    return frequency_direction(model, counts, direction), _log_frequency(model, counts)
+
+
 def frequency_direction(model, counts, direction: str = "unembed") -> np.ndarray:
     """The residual-stream direction of token frequency: ``U @ f / |U @ f|``, where ``U`` is the
     token matrix of ``direction`` as ``(d_model, d_vocab)`` and ``f`` the centred log frequency of
     every token (add-one ``counts``). A vector ``w`` has logit pattern ``w @ U``; removing its
     component along this direction makes that pattern exactly uncorrelated with ``f``."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.shape != (model.cfg.d_vocab,) or (counts < 0).any():
-        raise ValueError(f"counts must be {model.cfg.d_vocab} non-negative numbers, one per token")
-    f = np.log(counts + 1.0)
-    f -= f.mean()
+    f = _log_frequency(model, counts)
     v = np.asarray(_token_matrix(model, direction), dtype=np.float64).T @ f
     n = np.linalg.norm(v)
     if n == 0:
@@ -219,12 +230,8 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
         clean = allowed
     if not clean.any():
         raise ValueError("no candidate tokens are left after filtering")
-    freq_dir, f = None, None
-    if remove_frequency is not None:
-        counts = remove_frequency if isinstance(remove_frequency, np.ndarray) else token_counts(model, remove_frequency)
-        freq_dir = frequency_direction(model, counts, direction)
-        f = np.log(np.asarray(counts, dtype=np.float64) + 1.0)
-        f -= f.mean()
+    freq_dir, f = _frequency(model, remove_frequency, direction)
+    if freq_dir is not None:
         U64 = np.asarray(U, dtype=np.float64)  # (d_vocab, d_model)
         g, G, ssum = U64.T @ f, U64.T @ U64, U64.sum(0)
     rows, excluded_neurons = [], []
@@ -274,10 +281,7 @@ def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, s
     U = np.ascontiguousarray(_token_matrix(model, direction))
     strings = token_strings(model)
     allowed = whole_word_mask(strings) if token_filter == "whole_word" and model.tokenizer is not None else None
-    freq_dir = None
-    if remove_frequency is not None:
-        counts = remove_frequency if isinstance(remove_frequency, np.ndarray) else token_counts(model, remove_frequency)
-        freq_dir = frequency_direction(model, counts, direction)
+    freq_dir, _ = _frequency(model, remove_frequency, direction)
     rows = []
     for layer in layers:
         picked = np.sort(rng.choice(model.cfg.d_mlp, size=n, replace=False))

@@ -922,6 +922,11 @@ class _Links:
         return f"{self.up}assets/{name}" if self.site else None
 
 
+def _crumbs(*parts: str) -> str:
+    """The breadcrumb line above a page's title; ``parts`` are HTML (links or text)."""
+    return '<div class="crumbs">' + " \u203a ".join(parts) + "</div>"
+
+
 def _a(href: Optional[str], text: str, cls: str = "", title: str = "") -> str:
     """A link, or the text alone when there is nowhere to link to. ``text`` is HTML."""
     c = f' class="{cls}"' if cls else ""
@@ -1128,8 +1133,7 @@ def neuron_html(data: RunData, layer: int, neuron: int, links: _Links) -> str:
     token = _str(info.get("token"))
     out = []
     if links.site:
-        out.append(f'<div class="crumbs">{_a(links.index(), "Run")} \u203a {_a(links.index("#neurons"), "Neurons")} '
-                   f'\u203a {esc(neuron_label(layer, neuron))}</div>')
+        out.append(_crumbs(_a(links.index(), "Run"), _a(links.index("#neurons"), "Neurons"), esc(neuron_label(layer, neuron))))
     out.append(f'<h1>Neuron {esc(neuron_label(layer, neuron))} '
                f'<span class="chip tokc">{esc(_quoted(token))}</span>{_group_badge(info.get("group"))}</h1>')
     kept = sum(e.prompt_id is not None for e in exs)
@@ -1205,8 +1209,8 @@ def head_html(data: RunData, layer: int, neuron: int, head_layer: int, head: int
     nl = neuron_label(layer, neuron)
     out = []
     if links.site:
-        out.append(f'<div class="crumbs">{_a(links.index(), "Run")} \u203a {_a(links.index("#heads"), "Heads")} \u203a '
-                   f'{_a(links.neuron(layer, neuron), esc(nl))} \u203a {esc(hl)}</div>')
+        out.append(_crumbs(_a(links.index(), "Run"), _a(links.index("#heads"), "Heads"), _a(links.neuron(layer, neuron), esc(nl)),
+                           esc(hl)))
     out.append(f'<h1>Head {esc(hl)} \u2192 neuron {_a(links.neuron(layer, neuron), esc(nl))} '
                f'<span class="chip tokc">{esc(_quoted(token))}</span>{_group_badge(info.get("group"))}</h1>')
 
@@ -1537,7 +1541,7 @@ def _plain_lists(name: str, title: str, spec: dict, page_size: int) -> Dict[str,
         nav.append(_a(f"{name}-{p}.html" if p > 0 else None, "\u2039 previous"))
         nav.append(f"<span>page {p + 1} of {n_pages}</span>")
         nav.append(_a(f"{name}-{p + 2}.html" if p + 1 < n_pages else None, "next \u203a"))
-        body = (f'<div class="crumbs"><a href="../index.html">Run</a> \u203a {esc(title)}</div>'
+        body = (_crumbs(_a("../index.html", "Run"), esc(title)) +
                 f'<h1>{esc(title)} <span class="sub">({len(rows)})</span></h1>'
                 f'<div class="nav">{"".join(nav)}</div>'
                 + _table([c["label"] for c in cols], cells, [bool(c.get("num")) for c in cols])
