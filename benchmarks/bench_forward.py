@@ -45,9 +45,10 @@ print(json.dumps([_core._sgemm_bench(M, N, K, tB, 5, th) for M, N, K, tB, th in 
 """
 
 
-def gemm_account(model, toks, threads):
-    """One forward with GEMM accounting on: (wall seconds, seconds inside GEMMs, the same GEMMs'
-    seconds as plain OpenBLAS sgemm calls on OpenBLAS's own threads, GEMM FLOPs).
+def gemm_account(model, toks, threads, reps=3):
+    """Forwards with GEMM accounting on, the one with the least GEMM time kept (of ``reps``): (wall
+    seconds, seconds inside GEMMs, the same GEMMs' seconds as plain OpenBLAS sgemm calls on
+    OpenBLAS's own threads, GEMM FLOPs).
 
     The core records every GEMM's shape. A GEMM the forward splits over its threads is compared
     with OpenBLAS running the whole shape on `threads` threads; a GEMM that runs as one task of a
@@ -57,11 +58,16 @@ def gemm_account(model, toks, threads):
     its best on this machine."""
     from ctxlookup import _core
 
-    _core._blas_stats(1)
-    t0 = time.perf_counter()
-    model(toks)
-    total = time.perf_counter() - t0
-    st = _core._blas_stats(0)
+    best = None
+    for _ in range(reps):  # the forward's best run, as the baseline is OpenBLAS's best call
+        _core._blas_stats(1)
+        t0 = time.perf_counter()
+        model(toks)
+        total = time.perf_counter() - t0
+        st = _core._blas_stats(0)
+        if best is None or st["seconds"] < best[1]["seconds"]:
+            best = (total, st)
+    total, st = best
     assert st["dropped_shapes"] == 0, "more GEMM shapes than the accounting table holds"
     assert all(e["transA"] == 0 for e in st["shapes"])
     shapes = [(e["M"], e["N"], e["K"], e["transB"], 1 if e["in_task"] else threads) for e in st["shapes"]]
@@ -146,7 +152,7 @@ def main():
             }, args.reps)
 
         # GEMM share and speed: time inside the core's GEMMs vs plain OpenBLAS sgemm at the same shapes
-        total, inside, plain, flops = gemm_account(model, toks, args.threads)
+        total, inside, plain, flops = gemm_account(model, toks, args.threads, args.reps)
         gflops_plain = flops / plain / 1e9
         limit_tok_s = gflops_plain * 1e9 / model_flops_per_token(cfg, T)
         ntok = B * T
