@@ -15,17 +15,21 @@ TINY = ["--data", str(SHARED / "data" / "corpus"), "--max-docs", "60", "--vocab"
         "--checkpoint-every", "3", "--threads", "1", "--warmup", "2"]
 
 
-def test_resume_is_exact_and_export_loads(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_exact_and_export_loads(tmp_path, precision):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert train.main(TINY + ["--work", str(a), "--out", str(a / "out"), "--steps", "12"]) == 0
-    assert train.main(TINY + ["--work", str(b), "--out", str(b / "out"), "--steps", "12", "--stop-after", "7"]) == 3
-    assert train.main(TINY + ["--work", str(b), "--out", str(b / "out"), "--steps", "12"]) == 0
+    tiny = TINY + ["--precision", precision]
+    assert train.main(tiny + ["--work", str(a), "--out", str(a / "out"), "--steps", "12"]) == 0
+    assert train.main(tiny + ["--work", str(b), "--out", str(b / "out"), "--steps", "12", "--stop-after", "7"]) == 3
+    assert train.main(tiny + ["--work", str(b), "--out", str(b / "out"), "--steps", "12"]) == 0
     la = json.loads((a / "out" / "training.json").read_text())
     lb = json.loads((b / "out" / "training.json").read_text())
     assert [e["train_loss"] for e in la["log"]] == [e["train_loss"] for e in lb["log"]]
     assert la["final_heldout_loss"] == lb["final_heldout_loss"]
     card = (a / "out" / "README.md").read_text()
     assert "seed 1234" in card and "held-out loss" in card and "python -m ctxlookup.demo.train" in card
+    assert ("bfloat16 mixed precision" in card) == (precision == "bf16")
+    assert la["precision"] == precision
     # the export: float16 weights, loaded by ctxlookup and transformers alike
     import transformers
 

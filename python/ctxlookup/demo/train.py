@@ -103,6 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: mixed precision (bfloat16 autocast, float32 weights and optimizer state), "
+                         "~1.7x faster on CPUs with AVX512-BF16; held-out loss is always computed in float32")
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--max-docs", type=int, default=None, help="for smoke tests only")
@@ -201,7 +204,9 @@ def main(argv=None) -> int:
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(step)
         x, y = batch_from(train_ids, args.batch, rng)
-        loss = torch.nn.functional.cross_entropy(model(x).logits.reshape(-1, V), y.reshape(-1))
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(x).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -234,7 +239,8 @@ def main(argv=None) -> int:
                 train_tokens=int(len(train_ids)), heldout_tokens=int(len(held_ids)),
                 final_train_loss=train_recent, final_heldout_loss=held,
                 unigram_entropy_heldout=unigram_entropy(held_ids, V), vocab_size=V,
-                arch=args.arch, architecture=ARCH_TEXT[args.arch], title=TITLE[args.arch],
+                arch=args.arch, architecture=ARCH_TEXT[args.arch], title=TITLE[args.arch], precision=args.precision,
+                precision_text=PRECISION_TEXT[args.precision],
                 config=dict(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.n_ctx),
                 excluded_sources=list(EXCLUDED_SOURCES), torch=torch.__version__, transformers=transformers.__version__)
     with open(os.path.join(out, "training.json"), "w") as f:
@@ -245,6 +251,7 @@ def main(argv=None) -> int:
     return 0
 
 
+PRECISION_TEXT = {"fp32": "float32", "bf16": "bfloat16 mixed precision (float32 weights)"}
 TITLE = {"gpt2": "GPT-2", "neox": "GPT-NeoX (Pythia layout)"}
 ARCH_TEXT = {"gpt2": "GPT-2 (learned positions, gelu_new, tied embeddings)",
              "neox": "GPT-NeoX as in Pythia (parallel attention and MLP, rotary embeddings on a quarter of "
@@ -262,7 +269,7 @@ method offline. Not a general-purpose model.
   man pages, Python standard-library code), without the GitHub-sourced parts ({excluded_sources}).
   {train_tokens} training tokens; held-out: the same sources in `heldout-10k.jsonl.gz`
   ({heldout_tokens} tokens). See `DATA_NOTICE.md` for sources and licences.
-- Training: {steps} steps, {tokens_seen} tokens seen, AdamW, cosine schedule, seed {seed}.
+- Training: {steps} steps, {tokens_seen} tokens seen, AdamW, cosine schedule, {precision_text}, seed {seed}.
 - Final training loss (mean of the last 50 steps): {final_train_loss:.3f} nats/token.
 - Final held-out loss: {final_heldout_loss:.3f} nats/token, against a unigram entropy of the
   held-out tokens of {unigram_entropy_heldout:.3f} nats/token.
