@@ -1,11 +1,15 @@
 """The an-neuron tools against explicit computations: the logit lens against a NumPy
 re-computation from cached residuals and the model's own logits; activation patching against
-explicit patched runs one at a time."""
+explicit patched runs one at a time; activation against prediction (one batched pass over a
+corpus) against each document run alone, with scipy's Mann-Whitney U and Spearman as oracles."""
 import numpy as np
 import pytest
 
 import ctxlookup
-from ctxlookup.anneuron import activation_patching, logit_lens
+import pandas as pd
+
+from conftest import SHARED
+from ctxlookup.anneuron import activation_patching, activation_vs_prediction, logit_lens, next_token_evidence
 
 
 @pytest.fixture(scope="module", params=["gpt2-tied-gelu_new", "neox-parallel-rot0.25"])
@@ -60,3 +64,89 @@ def test_activation_patching_matches_explicit_runs(model):
         assert neu[j] == pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="same number of tokens"):
         activation_patching(model, clean, corrupt[:5], metric)
+
+
+# ---- activation against prediction: the batched one-pass scan against one document at a time ----
+
+@pytest.fixture(scope="module")
+def text_model(text_model_dir):
+    return ctxlookup.Model.load(text_model_dir)
+
+
+def _brute_positions(model, neurons, texts):
+    """Each document alone: BOS + tokens cut to n_ctx; activations at every position but BOS."""
+    acts, tops = [], []
+    for text in texts:
+        ids = np.concatenate([[model.bos_token_id], model.tokenizer.encode(text)])[: model.cfg.n_ctx]
+        if len(ids) < 2:
+            continue
+        names = sorted({f"blocks.{l}.mlp.hook_post" for l, _ in neurons})
+        logits, cache = model.run_with_cache(ids[None], names_filter=names)
+        acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][0, 1:, i] for l, i in neurons], 1))
+        tops.append(logits[0, 1:].argmax(-1))
+    return np.concatenate(acts).astype(np.float64), np.concatenate(tops)
+
+
+N_DOCS = 25
+
+
+@pytest.fixture(scope="module")
+def tiny_texts():
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl")
+    return [d.text for _, d in zip(range(N_DOCS), corpus)]
+
+
+def test_activation_vs_prediction_bins_every_position(text_model, tiny_texts):
+    neuron = (2, 11)
+    a, tops = _brute_positions(text_model, [neuron], tiny_texts)
+    token = int(np.bincount(tops).argmax())  # a token the random model does predict
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl")
+    df = activation_vs_prediction(text_model, neuron, corpus, token_id=token, bins=7, max_docs=N_DOCS, batch_tokens=300)
+    got_a, got_t = df.attrs["positions"]
+    np.testing.assert_allclose(got_a, a[:, 0], atol=1e-4)
+    assert (got_t == (tops == token)).all()
+    counts, edges = np.histogram(a[:, 0], bins=7)
+    assert df.n_positions.tolist() == counts.tolist()
+    assert df.n_top.sum() == (tops == token).sum()
+    np.testing.assert_allclose(df.bin_low, edges[:-1], atol=1e-4)
+    q = activation_vs_prediction(text_model, neuron, corpus, token_id=token, bins=5, binning="quantile", max_docs=N_DOCS)
+    assert q.n_positions.sum() == len(a) and q.n_positions.max() - q.n_positions.min() <= 0.02 * len(a)
+    with pytest.raises(ValueError, match="binning"):
+        activation_vs_prediction(text_model, neuron, corpus, binning="log", max_docs=2)
+    with pytest.raises(ValueError, match="outside the model"):
+        activation_vs_prediction(text_model, (0, text_model.cfg.d_mlp), corpus, max_docs=2)
+
+
+def test_next_token_evidence_matches_scipy(text_model, tiny_texts):
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    neurons = [(2, 11), (1, 40), (2, 70), (0, 3)]
+    a, tops = _brute_positions(text_model, neurons, tiny_texts)
+    common = np.bincount(tops).argsort()[::-1]
+    tokens = [int(common[0]), int(common[1]), int(common[0]), text_model.cfg.d_vocab - 1]
+    assert not (tops == tokens[3]).any()  # one token never predicted: no AUC
+    frame = pd.DataFrame({"layer": [l for l, _ in neurons], "neuron": [i for _, i in neurons], "token_id": tokens})
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl")
+    ev = next_token_evidence(text_model, frame, corpus, bins=4, max_docs=N_DOCS, batch_tokens=500)
+    assert ev[["layer", "neuron", "token_id"]].values.tolist() == frame.values.tolist()
+    for j, row in ev.iterrows():
+        x, t = a[:, j], tops == tokens[j]
+        assert row.n_positions == len(x) and row.n_top == t.sum()
+        if t.any():
+            want = mannwhitneyu(x[t], x[~t]).statistic / (t.sum() * (~t).sum())
+            assert row.auc == pytest.approx(want, abs=1e-9)
+        else:
+            assert np.isnan(row.auc) and np.isnan(row.bin_spearman)
+        parts = np.array_split(np.argsort(x, kind="stable"), 4)
+        frac = [t[p].mean() for p in parts]
+        np.testing.assert_allclose(row.bin_fractions, frac, atol=1e-12)
+        assert row.fraction_top_bin == pytest.approx(frac[-1])
+        assert row.fraction_low_half == pytest.approx(t[np.concatenate(parts[:2])].mean())
+        if np.ptp(frac) > 0:
+            assert row.bin_spearman == pytest.approx(spearmanr(np.arange(4), frac).statistic)
+    # without token ids: each neuron's most congruent token
+    plain = next_token_evidence(text_model, neurons[:2], corpus, max_docs=3)
+    want = [int(np.argmax(text_model.W_out[l][i] @ text_model.W_U)) for l, i in neurons[:2]]
+    assert plain.token_id.tolist() == want
+    with pytest.raises(ValueError, match="no neurons"):
+        next_token_evidence(text_model, [], corpus)

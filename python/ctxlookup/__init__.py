@@ -9,7 +9,7 @@ report, and the same views in Jupyter: :mod:`ctxlookup.report` (``ctxlookup.repo
 """
 from . import hub, llm
 from ._core import FormatError, get_num_threads, set_num_threads
-from .anneuron import activation_patching, activation_vs_prediction, logit_lens
+from .anneuron import activation_patching, activation_vs_prediction, logit_lens, next_token_evidence
 from .attribution import ablate_heads, head_attribution, select_heads
 from .corpus import Corpus, CorpusError, Document
 from .model import ActivationCache, Model, get_act_name
@@ -26,6 +26,6 @@ __all__ = [
     "Corpus", "CorpusError", "Document",
     "next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
     "max_activating", "truncate", "head_attribution", "select_heads", "ablate_heads",
-    "logit_lens", "activation_patching", "activation_vs_prediction", "explain_heads", "score_explanations",
+    "logit_lens", "activation_patching", "activation_vs_prediction", "next_token_evidence", "explain_heads", "score_explanations",
     "OfflineExplainer", "replicate", "report", "llm", "hub", "__version__",
 ]

@@ -10,7 +10,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-__all__ = ["logit_lens", "activation_patching", "activation_vs_prediction", "logit_diff_metric"]
+__all__ = ["logit_lens", "activation_patching", "activation_vs_prediction", "next_token_evidence",
+           "logit_diff_metric"]
 
 
 def _ln_final(model, x: np.ndarray) -> np.ndarray:
@@ -138,64 +139,147 @@ def activation_patching(model, clean, corrupted, metric: Union[Callable, tuple],
     return (result - m_corr) / denom
 
 
-def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Optional[int] = None, bins=10,
-                             max_docs: Optional[int] = 500, max_tokens: Optional[int] = None,
-                             batch_tokens: int = 4096) -> pd.DataFrame:
-    """For every position of the corpus: the neuron's activation, and whether the model's top
-    prediction there is the neuron's token. Returns, per activation bin, ``[bin_low, bin_high,
-    n_positions, n_top, fraction_top]`` (``bins``: a count of equal-width bins over the observed
-    range, or explicit edges). ``df.attrs["positions"]`` holds the raw ``(activation, is_top)``
-    arrays. The BOS position never counts.
-    """
+def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens):
+    """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
+    and the model's top prediction (``[positions]``) at every position but BOS."""
     from .corpus import Corpus
     from .search import _doc_tokens
 
-    layer, idx = int(neuron[0]), int(neuron[1])
-    if not 0 <= layer < model.cfg.n_layers or not 0 <= idx < model.cfg.d_mlp:
-        raise ValueError(f"neuron {tuple(neuron)} is outside the model")
-    if token_id is None:
-        token_id = int(np.argmax(model.W_out[layer][idx] @ model.W_U))
+    neurons = [(int(l), int(i)) for l, i in neurons]
+    for l, i in neurons:
+        if not 0 <= l < model.cfg.n_layers or not 0 <= i < model.cfg.d_mlp:
+            raise ValueError(f"neuron {(l, i)} is outside the model")
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     max_tokens = model.cfg.n_ctx if max_tokens is None else min(max_tokens, model.cfg.n_ctx)
-    acts, tops = [], []
-    name = f"blocks.{layer}.mlp.hook_post"
-    buf = []
+    layers = sorted({l for l, _ in neurons})
+    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
+    acts, tops, buf = [], [], []
 
     def flush():
-        if not buf:
-            return
-        toks = _doc_tokens(model, buf, True, max_tokens)
-        toks = [t for t in toks if len(t) > 1]
+        toks = [t for t in _doc_tokens(model, buf, True, max_tokens) if len(t) > 1]
+        buf.clear()
         if not toks:
-            buf.clear()
             return
-        logits, cache = model.run_with_cache(toks, names_filter=name)
+        logits, cache = model.run_with_cache(toks, names_filter=names)
         for b, t in enumerate(toks):
             n = len(t)
-            acts.append(cache[name][b, 1:n, idx])
-            tops.append(logits[b, 1:n].argmax(-1) == token_id)
-        buf.clear()
+            acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:n, i] for l, i in neurons], axis=1))
+            tops.append(logits[b, 1:n].argmax(-1))
 
     tok_count = 0
-    for i, doc in enumerate(corpus):
-        if max_docs is not None and i >= max_docs:
+    for k, doc in enumerate(corpus):
+        if max_docs is not None and k >= max_docs:
             break
         buf.append(doc.text)
         tok_count += min(len(doc.text) // 2 + 2, max_tokens)
         if tok_count >= batch_tokens:
             flush()
             tok_count = 0
-    flush()
+    if buf:
+        flush()
     if not acts:
         raise ValueError("the corpus gave no positions")
-    a, t = np.concatenate(acts), np.concatenate(tops)
-    edges = np.histogram_bin_edges(a, bins=bins)
+    return np.concatenate(acts).astype(np.float32), np.concatenate(tops)
+
+
+def _neuron_token(model, layer, idx):
+    return int(np.argmax(model.W_out[layer][idx] @ model.W_U))
+
+
+def _bin_fractions(a, is_top, edges):
     which = np.clip(np.digitize(a, edges[1:-1]), 0, len(edges) - 2)
-    rows = []
-    for k in range(len(edges) - 1):
-        sel = which == k
-        n = int(sel.sum())
-        rows.append((float(edges[k]), float(edges[k + 1]), n, int(t[sel].sum()), float(t[sel].mean()) if n else np.nan))
-    df = pd.DataFrame(rows, columns=["bin_low", "bin_high", "n_positions", "n_top", "fraction_top"])
+    n = np.bincount(which, minlength=len(edges) - 1)
+    k = np.bincount(which, weights=is_top, minlength=len(edges) - 1).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return n, k, np.where(n > 0, k / np.maximum(n, 1), np.nan)
+
+
+def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Optional[int] = None, bins=10,
+                             binning: str = "width", max_docs: Optional[int] = 500, max_tokens: Optional[int] = None,
+                             batch_tokens: int = 4096) -> pd.DataFrame:
+    """For every position of the corpus: the neuron's activation, and whether the model's top
+    prediction there is the neuron's token (by default its most congruent token, ``W_out @ W_U``).
+    Returns, per activation bin, ``[bin_low, bin_high, n_positions, n_top, fraction_top]``.
+
+    ``bins``: a count or explicit edges. ``binning``: ``"width"`` (equal-width bins over the
+    observed range, as the an-neuron post plots it) or ``"quantile"`` (bins holding equal numbers of
+    positions, so the sparse high-activation end is not left to a handful of positions; edges
+    that coincide are merged). ``df.attrs["positions"]`` holds the raw ``(activation, is_top)``
+    arrays. The BOS position never counts.
+    """
+    layer, idx = int(neuron[0]), int(neuron[1])
+    acts, tops = _neuron_positions(model, [(layer, idx)], corpus, max_docs, max_tokens, batch_tokens)
+    if token_id is None:
+        token_id = _neuron_token(model, layer, idx)
+    a, t = acts[:, 0], tops == token_id
+    if binning == "width":
+        edges = np.histogram_bin_edges(a, bins=bins)
+    elif binning == "quantile":
+        if not isinstance(bins, (int, np.integer)):
+            raise ValueError("quantile binning takes a count of bins")
+        edges = np.unique(np.quantile(a.astype(np.float64), np.linspace(0, 1, int(bins) + 1)))
+        if len(edges) < 2:
+            edges = np.array([a.min(), a.max()], np.float64)
+    else:
+        raise ValueError(f"binning must be 'width' or 'quantile', not {binning!r}")
+    n, k, frac = _bin_fractions(a, t, edges)
+    df = pd.DataFrame({"bin_low": edges[:-1].astype(float), "bin_high": edges[1:].astype(float),
+                       "n_positions": n.astype(np.int64), "n_top": k, "fraction_top": frac})
     df.attrs.update(neuron=(layer, idx), token_id=token_id, positions=(a, t))
     return df
+
+
+def next_token_evidence(model, neurons, corpus, bins: int = 10, max_docs: Optional[int] = 500,
+                        max_tokens: Optional[int] = None, batch_tokens: int = 4096) -> pd.DataFrame:
+    """Is each neuron a next-token neuron in the an-neuron post's sense: does its activation on
+    ``corpus`` predict its token being the model's top prediction? One pass over the corpus for
+    all neurons.
+
+    ``neurons``: ``(layer, neuron)`` pairs, or a DataFrame with ``layer``, ``neuron`` and
+    optionally ``token_id`` columns (for example :func:`next_token_neurons`' result); without
+    ``token_id`` the neuron's most congruent token is used. Positions are split into ``bins``
+    equal-count activation bins (deciles by default). One row per neuron:
+
+    ``layer, neuron, token_id, n_positions, n_top`` (positions where the token is the top
+    prediction), ``base_rate`` (``n_top / n_positions``), ``auc`` (the probability that a position
+    where the token is top has a higher activation than one where it is not, ties counting half:
+    the Mann-Whitney U statistic over the product of the group sizes; NaN when ``n_top`` is 0),
+    ``bin_spearman`` (Spearman correlation of bin rank with the bin's top fraction: 1 when the
+    fraction rises with every bin; NaN when it is constant), ``fraction_low_half`` (top fraction
+    among the lower half of the bins), ``fraction_top_bin``, and ``bin_fractions`` (a tuple per
+    neuron, lowest bin first).
+    """
+    if isinstance(neurons, pd.DataFrame):
+        pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
+        tokens = list(neurons["token_id"].astype(int)) if "token_id" in neurons else [None] * len(pairs)
+    else:
+        pairs = [(int(l), int(i)) for l, i in neurons]
+        tokens = [None] * len(pairs)
+    if not pairs:
+        raise ValueError("no neurons given")
+    if int(bins) < 2:
+        raise ValueError("bins must be at least 2")
+    from scipy.stats import rankdata, spearmanr
+
+    acts, tops = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens)
+    rows = []
+    for j, ((layer, idx), tok) in enumerate(zip(pairs, tokens)):
+        tok = _neuron_token(model, layer, idx) if tok is None else int(tok)
+        a, t = acts[:, j].astype(np.float64), tops == tok
+        n_top, n_pos = int(t.sum()), len(a)
+        if 0 < n_top < n_pos:
+            r = rankdata(a)
+            auc = (r[t].sum() - n_top * (n_top + 1) / 2) / (n_top * (n_pos - n_top))
+        else:
+            auc = np.nan
+        # equal-count bins by rank (tied activations split in corpus order), so no bin is empty
+        order = np.argsort(a, kind="stable")
+        which = np.empty(n_pos, np.int64)
+        which[order] = np.arange(n_pos) * bins // n_pos
+        frac = np.bincount(which, weights=t, minlength=bins) / np.bincount(which, minlength=bins)
+        rho = spearmanr(np.arange(bins), frac).statistic if np.ptp(frac) > 0 else np.nan
+        low = t[which < bins // 2].mean()
+        rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), float(rho), float(low),
+                     float(frac[-1]), tuple(float(x) for x in frac)))
+    return pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc",
+                                       "bin_spearman", "fraction_low_half", "fraction_top_bin", "bin_fractions"])
