@@ -134,6 +134,43 @@ def test_rare_in_corpus_tokens_are_flagged(text_model_dir):
     assert not df.token_id.isin(g.token_id).any()
 
 
+def test_under_trained_tokens_brute_force(text_model_dir, tmp_path):
+    """Tokens pushed far along the rare side of the frequency direction are flagged, and the
+    flagged set and each frequency_z equal a NumPy re-computation."""
+    import shutil
+    from conftest import SHARED
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(text_model_dir, folder)
+    m0 = ctxlookup.Model.load(str(folder))
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl", limit=60)
+    counts = ctxlookup.neurons.token_counts(m0, corpus, max_docs=60)
+    planted = [m0.to_single_token(w) for w in (" the", " of", " water")]  # common enough to pass min_count
+    assert (counts[planted] >= 5).all()
+    v0 = ctxlookup.neurons.frequency_direction(m0, counts)
+    t = load_file(str(folder / "model.safetensors"))
+    E = t["transformer.wte.weight"]  # tied: the unembedding too
+    spread = np.std(E.astype(np.float64) @ v0)
+    E[planted] -= (40 * spread * v0).astype(E.dtype)
+    save_file(t, str(folder / "model.safetensors"))
+    m = ctxlookup.Model.load(str(folder))
+    g = detect_glitch_tokens(m, corpus=corpus, max_docs=60, min_count=5)
+    U = m.W_U.T.astype(np.float64)
+    n = m.tokenizer.vocab_size
+    U = U - U[:n].mean(0)
+    p = U @ ctxlookup.neurons.frequency_direction(m, counts)
+    z = (p - np.median(p[:n])) / (1.4826 * np.median(np.abs(p[:n] - np.median(p[:n]))))
+    np.testing.assert_allclose(g.frequency_z, z[g.token_id], rtol=1e-9, atol=1e-9)
+    under = g[g.reason == "under_trained"]
+    assert set(planted) <= set(under.token_id) and (under.frequency_z < -3).all()
+    others = set(g.token_id[g.reason != "under_trained"])
+    special = set(m.tokenizer.special_token_ids)
+    assert set(under.token_id) == set(np.nonzero(z[:n] < -3)[0].tolist()) - others - special
+    off = detect_glitch_tokens(m, corpus=corpus, max_docs=60, min_count=5, frequency_z=None)
+    assert "under_trained" not in set(off.reason) and set(off.token_id) == others
+
+
 def test_remove_frequency_brute_force(model):
     """Projecting the frequency direction out of W_out: the congruence equals the brute-force
     projected product, and every neuron's projected logit pattern is uncorrelated with f."""

@@ -74,7 +74,8 @@ def whole_word_mask(strings: Sequence[Optional[str]]) -> np.ndarray:
     return np.array([s is not None and s.startswith(" ") and len(s) > 2 for s in strings], dtype=bool)
 
 
-def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0, min_count: int = 5) -> pd.DataFrame:
+def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0, min_count: int = 5,
+                         frequency_z: Optional[float] = -3.0) -> pd.DataFrame:
     """Tokens that produce spurious top neurons, with the reason each was flagged.
 
     Reasons: ``padding`` (an embedding row the tokenizer never produces: padded vocabularies),
@@ -84,8 +85,18 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     1.4826 x MAD: the signature of under-trained tokens), and, with a ``corpus``, ``rare_in_corpus``
     (fewer than ``min_count`` occurrences in its first ``max_docs`` documents: BPE pieces that text
     almost always merges further, such as " citiz", are under-trained, and a neuron whose token
-    the corpus never shows cannot be studied with prompts from it). ``corpus_count`` then gives
-    every flagged token's occurrences. Returns a DataFrame ``[token_id, token, reason, norm_z]``.
+    the corpus never shows cannot be studied with prompts from it), and ``under_trained``: the
+    token's unembedding lies abnormally far on the rare side of the model's token-frequency
+    direction (:func:`frequency_direction` from the corpus counts): the centred unembedding's
+    projection on it has a robust z (median, 1.4826 x MAD over the real tokens) below
+    ``frequency_z`` (None: no such check). Tokens the model barely saw in training keep the push
+    every softmax gives non-targets and little else, so their unembeddings line up along that
+    direction, and neurons that write along it (token-frequency neurons) get their largest
+    congruence with whichever such token is most extreme, whatever the neuron does. (In the
+    bundled demo models the check catches every token seen fewer than 30 times in training; see
+    the README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
+    occurrences and projection z. Returns a DataFrame ``[token_id, token, reason, norm_z]`` (and
+    those two columns with a corpus).
     """
     V = model.cfg.d_vocab
     strings = token_strings(model)
@@ -120,11 +131,29 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
         for t in np.nonzero(counts[:n_real] < min_count)[0]:
             if int(t) not in flagged and int(t) not in special:
                 rows.append((int(t), strings[t], "rare_in_corpus", float(z[t])))
+        fz = _frequency_z(model, counts, n_real)
+        if frequency_z is not None:
+            flagged = {r[0] for r in rows}
+            for t in np.nonzero(fz[:n_real] < frequency_z)[0]:
+                if int(t) not in flagged and int(t) not in special:
+                    rows.append((int(t), strings[t], "under_trained", float(z[t])))
     df = pd.DataFrame(rows, columns=["token_id", "token", "reason", "norm_z"]).sort_values("token_id", kind="stable")
     df = df.reset_index(drop=True)
     if counts is not None:
         df["corpus_count"] = counts[df["token_id"].to_numpy()]
+        df["frequency_z"] = fz[df["token_id"].to_numpy()]
     return df
+
+
+def _frequency_z(model, counts, n_real) -> np.ndarray:
+    """Robust z of each token's centred unembedding projected on the frequency direction (median
+    and 1.4826 x MAD over the ``n_real`` tokenizer tokens); negative is the rare side."""
+    U = np.asarray(_token_matrix(model, "unembed"), dtype=np.float64)
+    U = U - U[:n_real].mean(0)
+    p = U @ frequency_direction(model, counts, "unembed")
+    med = np.median(p[:n_real])
+    mad = 1.4826 * np.median(np.abs(p[:n_real] - med)) or 1e-12
+    return (p - med) / mad
 
 
 def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
