@@ -117,7 +117,25 @@ def test_activation_vs_prediction_bins_every_position(text_model, tiny_texts):
         activation_vs_prediction(text_model, (0, text_model.cfg.d_mlp), corpus, max_docs=2)
 
 
-def test_next_token_evidence_matches_scipy(text_model, tiny_texts):
+def _brute_width_groups(x, bins, min_positions):
+    edges = np.linspace(x.min(), x.max(), bins + 1)
+    raw = np.clip(np.digitize(x, edges[1:-1]), 0, bins - 1)
+    groups, cur = [], []
+    for b in reversed(range(bins)):
+        cur.append(b)
+        if np.isin(raw, cur).sum() >= min_positions:
+            groups.append(cur)
+            cur = []
+    if cur:
+        if groups:
+            groups[-1] += cur
+        else:
+            groups.append(cur)
+    return [np.isin(raw, g) for g in reversed(groups)]
+
+
+@pytest.mark.parametrize("binning", ["width", "quantile"])
+def test_next_token_evidence_matches_scipy(text_model, tiny_texts, binning):
     from scipy.stats import mannwhitneyu, spearmanr
 
     neurons = [(2, 11), (1, 40), (2, 70), (0, 3)]
@@ -127,7 +145,9 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts):
     assert not (tops == tokens[3]).any()  # one token never predicted: no AUC
     frame = pd.DataFrame({"layer": [l for l, _ in neurons], "neuron": [i for _, i in neurons], "token_id": tokens})
     corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl")
-    ev = next_token_evidence(text_model, frame, corpus, bins=4, max_docs=N_DOCS, batch_tokens=500)
+    bins, minp = 6, 150
+    ev = next_token_evidence(text_model, frame, corpus, bins=bins, binning=binning, min_positions=minp,
+                             max_docs=N_DOCS, batch_tokens=500)
     assert ev[["layer", "neuron", "token_id"]].values.tolist() == frame.values.tolist()
     for j, row in ev.iterrows():
         x, t = a[:, j], tops == tokens[j]
@@ -136,17 +156,37 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts):
             want = mannwhitneyu(x[t], x[~t]).statistic / (t.sum() * (~t).sum())
             assert row.auc == pytest.approx(want, abs=1e-9)
         else:
-            assert np.isnan(row.auc) and np.isnan(row.bin_spearman)
-        parts = np.array_split(np.argsort(x, kind="stable"), 4)
-        frac = [t[p].mean() for p in parts]
+            assert np.isnan(row.auc) and np.isnan(row.bin_spearman) and not row.rising
+        if binning == "quantile":
+            masks = [np.isin(np.arange(len(x)), p) for p in np.array_split(np.argsort(x, kind="stable"), bins)]
+        else:
+            masks = _brute_width_groups(x, bins, minp)
+            assert all(m.sum() >= minp for m in masks)
+        frac = [t[m].mean() for m in masks]
+        assert row.n_bins == len(masks) and list(row.bin_counts) == [int(m.sum()) for m in masks]
         np.testing.assert_allclose(row.bin_fractions, frac, atol=1e-12)
-        assert row.fraction_top_bin == pytest.approx(frac[-1])
-        assert row.fraction_low_half == pytest.approx(t[np.concatenate(parts[:2])].mean())
-        if np.ptp(frac) > 0:
-            assert row.bin_spearman == pytest.approx(spearmanr(np.arange(4), frac).statistic)
+        assert row.fraction_top_bin == pytest.approx(frac[-1]) and row.fraction_lowest_bin == pytest.approx(frac[0])
+        if np.ptp(frac) > 0 and len(frac) >= 3:
+            rho = spearmanr(np.arange(len(frac)), frac).statistic
+            assert row.bin_spearman == pytest.approx(rho)
+            assert row.rising == bool(t.any() and rho >= 0.8 and frac[-1] >= 2 * frac[0])
     # without token ids: each neuron's most congruent token
     plain = next_token_evidence(text_model, neurons[:2], corpus, max_docs=3)
     want = [int(np.argmax(text_model.W_out[l][i] @ text_model.W_U)) for l, i in neurons[:2]]
     assert plain.token_id.tolist() == want
     with pytest.raises(ValueError, match="no neurons"):
         next_token_evidence(text_model, [], corpus)
+    with pytest.raises(ValueError, match="binning"):
+        next_token_evidence(text_model, neurons[:1], corpus, binning="log")
+
+
+def test_width_bins_merge_from_the_top():
+    from ctxlookup.anneuron import _width_bins
+
+    a = np.concatenate([np.zeros(500), np.linspace(1, 10, 40)])  # the bulk at 0, a sparse tail
+    which, n = _width_bins(a, 10, 100)
+    assert n == 1  # the tail never reaches 100: it all joins the lowest bin
+    which, n = _width_bins(a, 10, 20)
+    counts = np.bincount(which)
+    assert n == len(counts) and (counts >= 20).all() and counts[0] >= 500
+    assert (np.diff(which[np.argsort(a, kind="stable")]) >= 0).all()  # bins follow the activation order

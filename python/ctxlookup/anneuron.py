@@ -229,25 +229,52 @@ def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Opt
     return df
 
 
-def next_token_evidence(model, neurons, corpus, bins: int = 10, max_docs: Optional[int] = 500,
-                        max_tokens: Optional[int] = None, batch_tokens: int = 4096) -> pd.DataFrame:
+def _width_bins(a, bins, min_positions):
+    """Equal-width bins over the observed range, then adjacent bins merged from the top down until
+    each holds at least ``min_positions`` positions (what is left at the bottom joins the lowest
+    bin). Returns the bin index of every position and the number of bins."""
+    edges = np.linspace(a.min(), a.max(), bins + 1)
+    raw = np.clip(np.digitize(a, edges[1:-1]), 0, bins - 1)
+    n = np.bincount(raw, minlength=bins)
+    new = np.empty(bins, np.int64)  # raw bin -> merged bin, counted from the top
+    k, held = 0, 0
+    for b in range(bins - 1, -1, -1):
+        new[b] = k
+        held += n[b]
+        if held >= min_positions:
+            k, held = k + 1, 0
+    n_bins = max(k, 1)
+    new = np.minimum(new, n_bins - 1)
+    return (n_bins - 1) - new[raw], n_bins
+
+
+def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "width", min_positions: int = 100,
+                        max_docs: Optional[int] = 500, max_tokens: Optional[int] = None,
+                        batch_tokens: int = 4096) -> pd.DataFrame:
     """Is each neuron a next-token neuron in the an-neuron post's sense: does its activation on
     ``corpus`` predict its token being the model's top prediction? One pass over the corpus for
     all neurons.
 
     ``neurons``: ``(layer, neuron)`` pairs, or a DataFrame with ``layer``, ``neuron`` and
     optionally ``token_id`` columns (for example :func:`next_token_neurons`' result); without
-    ``token_id`` the neuron's most congruent token is used. Positions are split into ``bins``
-    equal-count activation bins (deciles by default). One row per neuron:
+    ``token_id`` the neuron's most congruent token is used.
 
-    ``layer, neuron, token_id, n_positions, n_top`` (positions where the token is the top
-    prediction), ``base_rate`` (``n_top / n_positions``), ``auc`` (the probability that a position
-    where the token is top has a higher activation than one where it is not, ties counting half:
-    the Mann-Whitney U statistic over the product of the group sizes; NaN when ``n_top`` is 0),
-    ``bin_spearman`` (Spearman correlation of bin rank with the bin's top fraction: 1 when the
-    fraction rises with every bin; NaN when it is constant), ``fraction_low_half`` (top fraction
-    among the lower half of the bins), ``fraction_top_bin``, and ``bin_fractions`` (a tuple per
-    neuron, lowest bin first).
+    Bins (``binning``): ``"width"`` (default, the post's plot): ``bins`` equal-width bins over the
+    observed activation range, adjacent bins merged from the top down until each holds at least
+    ``min_positions`` positions, so the sparse high end is not judged on a handful of positions
+    (the bulk of positions, where the neuron is off, sits in the lowest bin); ``"quantile"``:
+    ``bins`` equal-count bins by rank (sizes differing by at most one, tied activations split
+    in corpus order).
+
+    One row per neuron: ``layer, neuron, token_id, n_positions, n_top`` (positions where the
+    token is the top prediction), ``base_rate`` (``n_top / n_positions``), ``auc`` (the probability
+    that a position where the token is top has a higher activation than one where it is not,
+    ties counting half: the Mann-Whitney U statistic over the product of the group sizes; NaN
+    when ``n_top`` is 0), ``n_bins``, ``bin_fractions`` and ``bin_counts`` (tuples, lowest bin
+    first), ``fraction_lowest_bin``, ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation
+    of bin rank with the bin's top fraction; NaN with fewer than 3 bins or a constant
+    fraction), and ``rising``: ``n_top > 0``, ``bin_spearman >= 0.8`` and a top-bin fraction at
+    least twice the lowest bin's.
     """
     if isinstance(neurons, pd.DataFrame):
         pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
@@ -259,6 +286,8 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, max_docs: Option
         raise ValueError("no neurons given")
     if int(bins) < 2:
         raise ValueError("bins must be at least 2")
+    if binning not in ("width", "quantile"):
+        raise ValueError(f"binning must be 'width' or 'quantile', not {binning!r}")
     from scipy.stats import rankdata, spearmanr
 
     acts, tops = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens)
@@ -272,14 +301,19 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, max_docs: Option
             auc = (r[t].sum() - n_top * (n_top + 1) / 2) / (n_top * (n_pos - n_top))
         else:
             auc = np.nan
-        # equal-count bins by rank (tied activations split in corpus order), so no bin is empty
-        order = np.argsort(a, kind="stable")
-        which = np.empty(n_pos, np.int64)
-        which[order] = np.arange(n_pos) * bins // n_pos
-        frac = np.bincount(which, weights=t, minlength=bins) / np.bincount(which, minlength=bins)
-        rho = spearmanr(np.arange(bins), frac).statistic if np.ptp(frac) > 0 else np.nan
-        low = t[which < bins // 2].mean()
-        rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), float(rho), float(low),
-                     float(frac[-1]), tuple(float(x) for x in frac)))
-    return pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc",
-                                       "bin_spearman", "fraction_low_half", "fraction_top_bin", "bin_fractions"])
+        if binning == "width":
+            which, n_bins = _width_bins(a, int(bins), int(min_positions))
+        else:
+            which, n_bins = np.empty(n_pos, np.int64), min(int(bins), n_pos)
+            for b, part in enumerate(np.array_split(np.argsort(a, kind="stable"), n_bins)):
+                which[part] = b
+        counts = np.bincount(which, minlength=n_bins)
+        frac = np.bincount(which, weights=t, minlength=n_bins) / counts
+        rho = spearmanr(np.arange(n_bins), frac).statistic if n_bins >= 3 and np.ptp(frac) > 0 else np.nan
+        rising = bool(n_top > 0 and rho >= 0.8 and frac[-1] >= 2 * frac[0])
+        rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), n_bins,
+                     tuple(float(x) for x in frac), tuple(int(x) for x in counts), float(frac[0]), float(frac[-1]),
+                     float(rho), rising))
+    return pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins",
+                                       "bin_fractions", "bin_counts", "fraction_lowest_bin", "fraction_top_bin",
+                                       "bin_spearman", "rising"])
