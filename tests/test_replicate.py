@@ -76,6 +76,23 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(out, "heads.parquet")), before["heads"])
 
 
+def test_resume_refuses_changed_model_files(text_model_dir, corpora, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(text_model_dir, model_dir)
+    out = str(tmp_path / "run")
+    opts = dict(OPTS, table3=None, neurons_per_layer=2, random_per_layer=1, layers=[2])
+    replicate(str(model_dir), out, corpus=corpora[0], test_corpus=corpora[1], **opts)
+    before = json.load(open(os.path.join(out, "manifest.json")))["model"]["files"]
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(dict(cfg, note="retrained")))
+    os.remove(os.path.join(out, "attribution.parquet"))  # a stage that runs the model again
+    with pytest.raises(ValueError, match=r"other model files \(config.json changed"):
+        replicate(str(model_dir), out, corpus=corpora[0], test_corpus=corpora[1], **opts)
+    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["files"] == before
+
+
 def test_with_mock_server_rerun_sends_nothing(text_model_dir, corpora, tmp_path, monkeypatch):
     from mock_openai import MockOpenAI
 

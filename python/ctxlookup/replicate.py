@@ -219,8 +219,15 @@ class Run:
             self._model = Model.from_pretrained(self.opts.model, fold_ln=p, center_writing_weights=p, center_unembed=p,
                                                 fold_value_biases=p)
             files = sorted(f for f in os.listdir(self._model.path) if os.path.isfile(os.path.join(self._model.path, f)))
+            hashes = {f: _sha256(os.path.join(self._model.path, f)) for f in files}
+            before = self.manifest.get("model", {}).get("files")
+            if before is not None and before != hashes:
+                changed = sorted(f for f in set(before) | set(hashes) if before.get(f) != hashes.get(f))
+                self._model = None
+                raise ValueError(f"{self.dir} holds a run made with other model files ({', '.join(changed)} "
+                                 f"changed since); use another --out, or delete it to start over")
             self.manifest["model"] = dict(name=self.opts.model, path=self._model.path, config=self._model.cfg.to_dict(),
-                                          files={f: _sha256(os.path.join(self._model.path, f)) for f in files})
+                                          files=hashes)
         return self._model
 
     @property
