@@ -11,6 +11,11 @@ import pytest
 import ctxlookup
 from ctxlookup.model import demo_model_path
 
+# The issue asks for all 10; the bundled model (4 layers, 20M tokens seen on two CPU cores) gets
+# 2 (see the README's "Known limit"). Pinned so that a change to the model or the method that
+# loses them shows; raise it with a better-trained model.
+RISING_OF_TOP_10 = 2
+
 
 @pytest.mark.parametrize("name,arch", [("demo", "GPT2LMHeadModel"), ("demo-neox", "GPTNeoXForCausalLM")])
 def test_loads_offline_and_card_states_losses(name, arch):
@@ -70,25 +75,48 @@ def test_demo_run_finds_context_dependent_heads(tmp_path):
     assert scores.explanation.notna().all() and np.isfinite(scores.E).any()
 
 
-def test_top_congruence_neurons_are_frequency_neurons():
-    """The README's diagnosis of the demo: its most congruent neurons' logit patterns track log
-    token frequency; with remove_frequency (counts from the demo train corpus) that is gone and
-    the ranking changes."""
-    model = ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
+@pytest.fixture(scope="module")
+def processed_demo():
+    return ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
+
+
+def test_top_congruence_neurons_are_next_token_neurons(processed_demo):
+    """The an-neuron post's test on the demo's 10 most congruent neurons (the default selection:
+    whole words, glitch tokens found with the demo train corpus excluded): on held-out text the
+    fraction of positions where the neuron's token is the model's top prediction rises across
+    the neuron's activation bins (next_token_evidence's ``rising``: Spearman >= 0.8 over the
+    post's equal-width bins, the top bin at least twice the lowest)."""
+    model = processed_demo
+    df = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10,
+                                      corpus=ctxlookup.Corpus.demo("train"))
+    top = df.sort_values("congruence", ascending=False, kind="stable").head(10)
+    ev = ctxlookup.next_token_evidence(model, top, ctxlookup.Corpus.demo("test"), max_docs=500)
+    assert ev.rising.sum() >= RISING_OF_TOP_10, ev[["layer", "neuron", "token_id", "bin_fractions"]]
+
+
+def test_without_the_under_trained_check_frequency_neurons_come_first(processed_demo):
+    """Why glitch detection flags under-trained tokens: without that check the demo's most
+    congruent neurons are token-frequency neurons (logit patterns tracking log token frequency
+    over the vocabulary) whose top token is one the check flags (" eff", 21 times in the 12.4M
+    training tokens); with remove_frequency the ranking changes too."""
+    model = processed_demo
     train = ctxlookup.Corpus.demo("train")
-    glitch = ctxlookup.detect_glitch_tokens(model, corpus=train)
+    full = ctxlookup.detect_glitch_tokens(model, corpus=train)
+    partial = ctxlookup.detect_glitch_tokens(model, corpus=train, frequency_z=None)
+    raw = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=partial)
+    top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
+    under = set(full.token_id[full.reason == "under_trained"])
+    flagged = top_raw[top_raw.token_id.isin(under)]
+    assert len(flagged) >= 8
     counts = ctxlookup.neurons.token_counts(model, train, max_docs=3000)
-    proj = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=glitch, remove_frequency=counts)
-    raw = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=glitch)
-    top_raw = raw.sort_values("congruence", ascending=False).head(10)
-    # the raw top 10's logit patterns against log frequency
-    W = np.stack([model.W_out[l][n] for l, n in zip(top_raw.layer, top_raw.neuron)]).astype(np.float64)
+    W = np.stack([model.W_out[l][n] for l, n in zip(flagged.layer, flagged.neuron)]).astype(np.float64)
     f = np.log(counts + 1.0)
     f -= f.mean()
     pat = W @ model.W_U.astype(np.float64)
     pat -= pat.mean(1, keepdims=True)
     r = (pat @ f) / (np.linalg.norm(pat, axis=1) * np.linalg.norm(f))
-    assert (np.abs(r) > 0.55).all()
-    top_proj = proj.sort_values("congruence", ascending=False).head(10)
+    assert (np.abs(r) > 0.55).all(), r
+    proj = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=partial, remove_frequency=counts)
+    top_proj = proj.sort_values("congruence", ascending=False, kind="stable").head(10)
     assert set(zip(top_proj.layer, top_proj.neuron)) != set(zip(top_raw.layer, top_raw.neuron))
     assert top_proj.congruence.max() < top_raw.congruence.max()

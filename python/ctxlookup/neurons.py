@@ -92,9 +92,9 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     ``frequency_z`` (None: no such check). Tokens the model barely saw in training keep the push
     every softmax gives non-targets and little else, so their unembeddings line up along that
     direction, and neurons that write along it (token-frequency neurons) get their largest
-    congruence with whichever such token is most extreme, whatever the neuron does. (In the
-    bundled demo models the check catches every token seen fewer than 30 times in training; see
-    the README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
+    congruence with whichever such token is most extreme, whatever the neuron does. (On the
+    bundled demo model, this and ``rare_in_corpus`` together exclude every token seen fewer than
+    30 times in training; see the README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
     occurrences and projection z. Returns a DataFrame ``[token_id, token, reason, norm_z]`` (and
     those two columns with a corpus).
     """
