@@ -13,7 +13,7 @@ import pytest
 
 import ctxlookup
 from conftest import SHARED
-from ctxlookup.replicate import OUTPUTS, STAGES, replicate
+from ctxlookup.replicate import OUTPUTS, STAGES, RunMismatch, replicate
 
 OPTS = dict(layers=[1, 2], neurons_per_layer=3, random_per_layer=2, prompts_per_neuron=6, test_prompts_per_neuron=4,
             table3=[3, 6], progress=False, batch_tokens=2048)
@@ -88,9 +88,32 @@ def test_resume_refuses_changed_model_files(text_model_dir, corpora, tmp_path):
     cfg = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(dict(cfg, note="retrained")))
     os.remove(os.path.join(out, "attribution.parquet"))  # a stage that runs the model again
-    with pytest.raises(ValueError, match=r"other model files \(config.json changed"):
+    with pytest.raises(RunMismatch, match=r"other model files \(config.json changed"):
         replicate(str(model_dir), out, corpus=corpora[0], test_corpus=corpora[1], **opts)
     assert json.load(open(os.path.join(out, "manifest.json")))["model"]["files"] == before
+
+
+def test_demo_moves_a_mismatched_run_aside(text_model_dir, corpora, tmp_path, capsys):
+    """python -m ctxlookup.demo on a folder left by another run: the real RunMismatch, the old
+    folder kept under another name, the demo run made fresh."""
+    from ctxlookup.demo.__main__ import replicate_fresh
+
+    opts = dict(OPTS, table3=None, neurons_per_layer=2, random_per_layer=1, layers=[2])
+    out = str(tmp_path / "demo")
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **dict(opts, seed=9))
+
+    def rep(name, out, explainer):
+        assert name == "demo"
+        return replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer=explainer, **opts)
+
+    with pytest.raises(RunMismatch, match="other options"):
+        rep("demo", out, "offline")
+    run = replicate_fresh(rep, out, "offline")
+    assert json.load(open(os.path.join(out, "manifest.json")))["options"]["seed"] == 0
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("demo.previous-")]
+    assert len(aside) == 1
+    assert json.load(open(tmp_path / aside[0] / "manifest.json"))["options"]["seed"] == 9
+    assert "starting over" in capsys.readouterr().out and len(run.read("neurons")) == 3
 
 
 def test_with_mock_server_rerun_sends_nothing(text_model_dir, corpora, tmp_path, monkeypatch):

@@ -57,6 +57,11 @@ OUTPUTS = {
 }
 
 
+class RunMismatch(ValueError):
+    """The output folder holds a run made with other options or other model files: resuming it
+    would mix two runs' tables."""
+
+
 @dataclass
 class Options:
     """Every option of a replication (the CLI's flags, one to one)."""
@@ -151,7 +156,7 @@ class Run:
             old = dict({k: v for k, v in defaults.items() if k in self.opts.key()}, **m.get("options_key", {}))
             if old != self.opts.key():
                 diff = sorted(k for k in set(old) | set(self.opts.key()) if old.get(k) != self.opts.key().get(k))
-                raise ValueError(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
+                raise RunMismatch(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
                                  f"use another --out, or the same options to resume")
             return m
         from . import __version__
@@ -224,7 +229,7 @@ class Run:
             if before is not None and before != hashes:
                 changed = sorted(f for f in set(before) | set(hashes) if before.get(f) != hashes.get(f))
                 self._model = None
-                raise ValueError(f"{self.dir} holds a run made with other model files ({', '.join(changed)} "
+                raise RunMismatch(f"{self.dir} holds a run made with other model files ({', '.join(changed)} "
                                  f"changed since); use another --out, or delete it to start over")
             self.manifest["model"] = dict(name=self.opts.model, path=self._model.path, config=self._model.cfg.to_dict(),
                                           files=hashes)

@@ -3,11 +3,26 @@
 Runs ``ctxlookup replicate`` on the bundled demo model and corpus, with the offline explainer, or
 GPT-4 when ``OPENAI_API_KEY`` is set, writes the run's HTML report, then prints where the results
 are. If this installation has no bundled demo model, it runs the quickstart example instead and
-says so.
+says so. A run folder left by an earlier demo with another model (a package upgrade) or another
+explainer is moved aside, not mixed in or deleted.
 """
 import os
 import sys
 import time
+
+
+def replicate_fresh(replicate, out: str, explainer: str):
+    """``replicate("demo", out, ...)``; when ``out`` holds a run made with another model or other
+    options, it is renamed to ``out.previous-<time>`` first and the demo starts over."""
+    from ..replicate import RunMismatch
+
+    try:
+        return replicate("demo", out, explainer=explainer)
+    except RunMismatch as e:
+        aside = f"{out.rstrip(os.sep)}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(out, aside)
+        print(f"{e}\nmoved it to {aside}; starting over")
+        return replicate("demo", out, explainer=explainer)
 
 
 def main(argv=None) -> int:
@@ -25,7 +40,7 @@ def main(argv=None) -> int:
     explainer = "openai" if os.environ.get("OPENAI_API_KEY") else "offline"
     print(f"ctxlookup replicate --model demo --out {out} --explainer {explainer}")
     t0 = time.perf_counter()
-    run = replicate("demo", out, explainer=explainer)
+    run = replicate_fresh(replicate, out, explainer)
     st = run.read("statistics")
     print(st.to_string(index=False))
     from ..report import report
