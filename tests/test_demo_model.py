@@ -101,8 +101,9 @@ def test_without_the_under_trained_check_frequency_neurons_come_first(processed_
     training tokens); with remove_frequency the ranking changes too."""
     model = processed_demo
     train = ctxlookup.Corpus.demo("train")
-    full = ctxlookup.detect_glitch_tokens(model, corpus=train)
-    partial = ctxlookup.detect_glitch_tokens(model, corpus=train, frequency_z=None)
+    seen = ctxlookup.neurons.token_counts(model, train)  # what the default glitch check counts
+    full = ctxlookup.detect_glitch_tokens(model, counts=seen)
+    partial = ctxlookup.detect_glitch_tokens(model, counts=seen, frequency_z=None)
     raw = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=partial)
     top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
     under = set(full.token_id[full.reason == "under_trained"])

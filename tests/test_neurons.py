@@ -167,6 +167,10 @@ def test_under_trained_tokens_brute_force(text_model_dir, tmp_path):
     others = set(g.token_id[g.reason != "under_trained"])
     special = set(m.tokenizer.special_token_ids)
     assert set(under.token_id) == set(np.nonzero(z[:n] < -3)[0].tolist()) - others - special
+    # counts the caller already has give the same table as the corpus
+    pd.testing.assert_frame_equal(detect_glitch_tokens(m, counts=counts, min_count=5), g)
+    with pytest.raises(ValueError, match="one per token"):
+        detect_glitch_tokens(m, counts=counts[:10])
     off = detect_glitch_tokens(m, corpus=corpus, max_docs=60, min_count=5, frequency_z=None)
     assert "under_trained" not in set(off.reason) and set(off.token_id) == others
 

@@ -142,14 +142,13 @@ def activation_patching(model, clean, corrupted, metric: Union[Callable, tuple],
 def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens):
     """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
     and the model's top prediction (``[positions]``) at every position but BOS."""
-    from .corpus import Corpus
-    from .search import _doc_tokens
+    from .search import _as_corpus, _doc_tokens
 
     neurons = [(int(l), int(i)) for l, i in neurons]
     for l, i in neurons:
         if not 0 <= l < model.cfg.n_layers or not 0 <= i < model.cfg.d_mlp:
             raise ValueError(f"neuron {(l, i)} is outside the model")
-    corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+    corpus = _as_corpus(corpus)
     max_tokens = model.cfg.n_ctx if max_tokens is None else min(max_tokens, model.cfg.n_ctx)
     layers = sorted({l for l, _ in neurons})
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
@@ -183,15 +182,17 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
 
 
 def _neuron_token(model, layer, idx):
-    return int(np.argmax(model.W_out[layer][idx] @ model.W_U))
+    """The neuron's most congruent token (``W_out @ W_U``), any token."""
+    from .neurons import congruence
+
+    return int(np.argmax(congruence(model, layer, [idx])[0]))
 
 
-def _bin_fractions(a, is_top, edges):
-    which = np.clip(np.digitize(a, edges[1:-1]), 0, len(edges) - 2)
-    n = np.bincount(which, minlength=len(edges) - 1)
-    k = np.bincount(which, weights=is_top, minlength=len(edges) - 1).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return n, k, np.where(n > 0, k / np.maximum(n, 1), np.nan)
+def _bin_fractions(which, is_top, n_bins):
+    """Per bin: positions, positions where the token is top, and their fraction (NaN when empty)."""
+    n = np.bincount(which, minlength=n_bins)
+    k = np.bincount(which, weights=is_top, minlength=n_bins).astype(np.int64)
+    return n, k, np.where(n > 0, k / np.maximum(n, 1), np.nan)
 
 
 def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Optional[int] = None, bins=10,
@@ -222,7 +223,7 @@ def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Opt
             edges = np.array([a.min(), a.max()], np.float64)
     else:
         raise ValueError(f"binning must be 'width' or 'quantile', not {binning!r}")
-    n, k, frac = _bin_fractions(a, t, edges)
+    n, k, frac = _bin_fractions(np.clip(np.digitize(a, edges[1:-1]), 0, len(edges) - 2), t, len(edges) - 1)
     df = pd.DataFrame({"bin_low": edges[:-1].astype(float), "bin_high": edges[1:].astype(float),
                        "n_positions": n.astype(np.int64), "n_top": k, "fraction_top": frac})
     df.attrs.update(neuron=(layer, idx), token_id=token_id, positions=(a, t))
@@ -307,8 +308,7 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
             which, n_bins = np.empty(n_pos, np.int64), min(int(bins), n_pos)
             for b, part in enumerate(np.array_split(np.argsort(a, kind="stable"), n_bins)):
                 which[part] = b
-        counts = np.bincount(which, minlength=n_bins)
-        frac = np.bincount(which, weights=t, minlength=n_bins) / counts
+        counts, _, frac = _bin_fractions(which, t, n_bins)  # no bin is empty here
         rho = spearmanr(np.arange(n_bins), frac).statistic if n_bins >= 3 and np.ptp(frac) > 0 else np.nan
         rising = bool(n_top > 0 and rho >= 0.8 and frac[-1] >= 2 * frac[0])
         rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), n_bins,

@@ -75,7 +75,7 @@ def whole_word_mask(strings: Sequence[Optional[str]]) -> np.ndarray:
 
 
 def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float = -4.0, min_count: int = 5,
-                         frequency_z: Optional[float] = -3.0) -> pd.DataFrame:
+                         frequency_z: Optional[float] = -3.0, counts: Optional[np.ndarray] = None) -> pd.DataFrame:
     """Tokens that produce spurious top neurons, with the reason each was flagged.
 
     Reasons: ``padding`` (an embedding row the tokenizer never produces: padded vocabularies),
@@ -95,8 +95,9 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     congruence with whichever such token is most extreme, whatever the neuron does. (On the
     bundled demo model, this and ``rare_in_corpus`` together exclude every token seen fewer than
     30 times in training; see the README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
-    occurrences and projection z. Returns a DataFrame ``[token_id, token, reason, norm_z]`` (and
-    those two columns with a corpus).
+    occurrences and projection z. ``counts``: the corpus's :func:`token_counts`, when the caller
+    has them already (instead of ``corpus``). Returns a DataFrame ``[token_id, token, reason,
+    norm_z]`` (and those two columns with a corpus).
     """
     V = model.cfg.d_vocab
     strings = token_strings(model)
@@ -124,9 +125,12 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     for t in np.nonzero(z[:n_real] < norm_z)[0]:
         if int(t) not in flagged:
             rows.append((int(t), strings[t], "low_embedding_norm", float(z[t])))
-    counts = None
-    if corpus is not None and tok is not None:
+    if counts is not None:
+        _log_frequency(model, counts)  # checks the shape and sign
+        counts = np.asarray(counts)
+    elif corpus is not None and tok is not None:
         counts = token_counts(model, corpus, max_docs)
+    if counts is not None:
         flagged = {r[0] for r in rows}
         for t in np.nonzero(counts[:n_real] < min_count)[0]:
             if int(t) not in flagged and int(t) not in special:

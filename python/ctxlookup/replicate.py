@@ -286,19 +286,16 @@ class Run:
 
     # ------------------------------------------------------------------ stages
     def _stage_neurons(self):
-        from .neurons import default_layers, next_token_neurons, random_neurons
+        from .neurons import default_layers, detect_glitch_tokens, next_token_neurons, random_neurons, token_counts
 
         m = self.model
         d_layers, d_top = default_layers(m)
         layers = self.opts.layers or d_layers
         top = self.opts.neurons_per_layer or d_top
-        freq = None
-        if self.opts.remove_frequency:  # token counts of the prompts' corpus, as the glitch check uses
-            from .neurons import token_counts
-
-            freq = token_counts(m, self.corpus("train"))
-        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction, corpus=self.corpus("train"),
-                                remove_frequency=freq)
+        counts = token_counts(m, self.corpus("train"))  # the prompts' corpus: glitch check and frequency direction
+        freq = counts if self.opts.remove_frequency else None
+        nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction,
+                                glitch=detect_glitch_tokens(m, counts=counts), remove_frequency=freq)
         rnd = random_neurons(m, layers=layers, n=min(self.opts.random_per_layer, m.cfg.d_mlp), seed=self.opts.seed,
                              direction=self.opts.direction, remove_frequency=freq)
         cols = ["layer", "neuron", "token_id", "token", "congruence", "rank"]
