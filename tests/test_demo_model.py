@@ -104,7 +104,7 @@ def test_without_the_under_trained_check_frequency_neurons_come_first(processed_
     seen = ctxlookup.neurons.token_counts(model, train)  # what the default glitch check counts
     full = ctxlookup.detect_glitch_tokens(model, counts=seen)
     partial = ctxlookup.detect_glitch_tokens(model, counts=seen, frequency_z=None)
-    raw = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=partial)
+    raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=partial)
     top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
     under = set(full.token_id[full.reason == "under_trained"])
     flagged = top_raw[top_raw.token_id.isin(under)]
@@ -117,7 +117,7 @@ def test_without_the_under_trained_check_frequency_neurons_come_first(processed_
     pat -= pat.mean(1, keepdims=True)
     r = (pat @ f) / (np.linalg.norm(pat, axis=1) * np.linalg.norm(f))
     assert (np.abs(r) > 0.55).all(), r
-    proj = ctxlookup.next_token_neurons(model, layers=range(4), top_k=10, glitch=partial, remove_frequency=counts)
+    proj = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=partial, remove_frequency=counts)
     top_proj = proj.sort_values("congruence", ascending=False, kind="stable").head(10)
     assert set(zip(top_proj.layer, top_proj.neuron)) != set(zip(top_raw.layer, top_raw.neuron))
     assert top_proj.congruence.max() < top_raw.congruence.max()
