@@ -5,7 +5,7 @@ libcurl4-openssl-dev, libcjson-dev). For unusual installs, override per library 
 environment variables, e.g. ``CTXLOOKUP_OPENBLAS_CFLAGS="-I/opt/ob/include"`` and
 ``CTXLOOKUP_OPENBLAS_LIBS="-L/opt/ob/lib -lopenblas"`` (likewise ``CURL`` and ``CJSON``),
 or ``CTXLOOKUP_PKG_OPENBLAS=openblas64`` to name another pkg-config module.
-``CTXLOOKUP_CFLAGS`` adds compiler flags (the sanitizer build uses it).
+``CTXLOOKUP_CFLAGS`` and ``CTXLOOKUP_LDFLAGS`` add compiler and linker flags (`make sanitize-py` uses them).
 """
 import glob
 import os

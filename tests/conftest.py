@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 ATOL = 1e-4  # max |ctxlookup - oracle| for float32 activations, logits and patterns
+# `make sanitize-py` runs the binding tests against an AddressSanitizer build of the core, which is
+# several times slower: there the corpus-wide checks take a sample (every 20th document).
+SANITIZE = bool(os.environ.get("CTXLOOKUP_SANITIZE"))
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
