@@ -42,9 +42,10 @@ test-c: sysdeps $(C_TESTS)
 
 # C tests under AddressSanitizer + UndefinedBehaviorSanitizer (a separate, slower check)
 SANITIZE_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SANITIZE_LDFLAGS := -fsanitize=address,undefined
 sanitize: sysdeps
 	rm -rf tests/c/bin
-	$(MAKE) test-c EXTRA_CFLAGS="$(SANITIZE_CFLAGS)" EXTRA_LDFLAGS="-fsanitize=address,undefined"
+	$(MAKE) test-c EXTRA_CFLAGS="$(SANITIZE_CFLAGS)" EXTRA_LDFLAGS="$(SANITIZE_LDFLAGS)"
 	rm -rf tests/c/bin
 
 # The Python tests that drive the bindings (py_*.c) too, against a copy of the extension built with
@@ -54,9 +55,9 @@ sanitize: sysdeps
 # swallow it with the dying test's output) and fails the target. The browser and
 # notebook tests start other programs, which must not inherit the preload, and are left out.
 SANITIZE_PY_SKIP := --ignore=tests/test_report.py --ignore=tests/test_notebooks.py --ignore=tests/test_demo_train.py
-sanitize-py: deps sysdeps
+sanitize-py: deps
 	rm -rf build/asan
-	CTXLOOKUP_CFLAGS="$(SANITIZE_CFLAGS) -O1 -g" CTXLOOKUP_LDFLAGS="-fsanitize=address,undefined" \
+	CTXLOOKUP_CFLAGS="$(SANITIZE_CFLAGS) -O1 -g" CTXLOOKUP_LDFLAGS="$(SANITIZE_LDFLAGS)" \
 	  $(PYTHON) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
 	mkdir -p build/asan/pkg/ctxlookup
 	for f in python/ctxlookup/*; do case "$$f" in *.so|*/__pycache__) ;; *) ln -s "$(CURDIR)/$$f" build/asan/pkg/ctxlookup/ ;; esac; done

@@ -101,15 +101,14 @@ def test_without_the_under_trained_check_frequency_neurons_come_first(processed_
     training tokens); with remove_frequency the ranking changes too."""
     model = processed_demo
     train = ctxlookup.Corpus.demo("train")
-    seen = ctxlookup.neurons.token_counts(model, train)  # what the default glitch check counts
-    full = ctxlookup.detect_glitch_tokens(model, counts=seen)
-    partial = ctxlookup.detect_glitch_tokens(model, counts=seen, frequency_z=None)
+    counts = ctxlookup.neurons.token_counts(model, train)  # as the default glitch check: all 900 documents
+    full = ctxlookup.detect_glitch_tokens(model, counts=counts)
+    partial = ctxlookup.detect_glitch_tokens(model, counts=counts, frequency_z=None)
     raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=partial)
     top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
     under = set(full.token_id[full.reason == "under_trained"])
     flagged = top_raw[top_raw.token_id.isin(under)]
     assert len(flagged) >= 8
-    counts = ctxlookup.neurons.token_counts(model, train, max_docs=3000)
     W = np.stack([model.W_out[l][n] for l, n in zip(flagged.layer, flagged.neuron)]).astype(np.float64)
     f = np.log(counts + 1.0)
     f -= f.mean()

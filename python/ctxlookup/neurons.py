@@ -126,8 +126,7 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
         if int(t) not in flagged:
             rows.append((int(t), strings[t], "low_embedding_norm", float(z[t])))
     if counts is not None:
-        _log_frequency(model, counts)  # checks the shape and sign
-        counts = np.asarray(counts)
+        counts = _checked_counts(model, counts)
     elif corpus is not None and tok is not None:
         counts = token_counts(model, corpus, max_docs)
     if counts is not None:
@@ -172,12 +171,17 @@ def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
     return counts
 
 
-def _log_frequency(model, counts) -> np.ndarray:
-    """Centred log of add-one token counts."""
-    counts = np.asarray(counts, dtype=np.float64)
+def _checked_counts(model, counts) -> np.ndarray:
+    """``counts`` as an array, after checking there is one non-negative count per token."""
+    counts = np.asarray(counts)
     if counts.shape != (model.cfg.d_vocab,) or (counts < 0).any():
         raise ValueError(f"counts must be {model.cfg.d_vocab} non-negative numbers, one per token")
-    f = np.log(counts + 1.0)
+    return counts
+
+
+def _log_frequency(model, counts) -> np.ndarray:
+    """Centred log of add-one token counts."""
+    f = np.log(_checked_counts(model, counts).astype(np.float64) + 1.0)
     return f - f.mean()
 
 
