@@ -132,6 +132,25 @@ def test_rare_in_corpus_tokens_are_flagged(text_model_dir):
     assert not df.token_id.isin(g.token_id).any()
 
 
+def test_token_counts_match_hf_tokenizers(text_model_dir):
+    """token_counts equals counting the Hugging Face tokenizer's ids document by document."""
+    from collections import Counter
+    from conftest import SHARED
+    from transformers import GPT2TokenizerFast
+
+    m = ctxlookup.Model.load(text_model_dir)
+    corpus = ctxlookup.Corpus(SHARED / "data" / "corpus" / "tiny.jsonl", limit=40)
+    hf = GPT2TokenizerFast.from_pretrained(text_model_dir)
+    want = Counter()
+    for _, doc in zip(range(25), corpus):
+        want.update(hf(doc.text)["input_ids"])
+    counts = ctxlookup.neurons.token_counts(m, corpus, max_docs=25)
+    assert counts.dtype == np.int64 and counts.shape == (m.cfg.d_vocab,)
+    np.testing.assert_array_equal(np.nonzero(counts)[0], sorted(want))
+    assert all(counts[t] == c for t, c in want.items())
+    assert not ctxlookup.neurons.token_counts(m, corpus, max_docs=0).any()
+
+
 def test_under_trained_tokens_brute_force(text_model_dir, tmp_path):
     """Tokens pushed far along the rare side of the frequency direction are flagged, and the
     flagged set and each frequency_z equal a NumPy re-computation."""

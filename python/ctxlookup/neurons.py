@@ -164,11 +164,9 @@ def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
     if model.tokenizer is None:
         raise ValueError("token counts need the model's tokenizer")
     V = model.cfg.d_vocab
-    counts = np.zeros(V, np.int64)
     texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
-    for ids in model.tokenizer.encode_batch(texts):
-        np.add.at(counts, ids[ids < V], 1)
-    return counts
+    ids = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(a, np.int64) for a in model.tokenizer.encode_batch(texts)])
+    return np.bincount(ids[ids < V], minlength=V).astype(np.int64)
 
 
 def _checked_counts(model, counts) -> np.ndarray:
