@@ -11,10 +11,10 @@ import pytest
 import ctxlookup
 from ctxlookup.model import demo_model_path
 
-# The issue asks for all 10; the bundled model (4 layers, 20M tokens seen on two CPU cores) gets
-# 2 (see the README's "Known limit"). Pinned so that a change to the model or the method that
+# The issue asks for all 10; the bundled model (6 layers, 49M tokens seen on two CPU cores) gets
+# 3 (see the README's "Known limit"). Pinned so that a change to the model or the method that
 # loses them shows; raise it with a better-trained model.
-RISING_OF_TOP_10 = 2
+RISING_OF_TOP_10 = 3
 
 
 @pytest.mark.parametrize("name,arch", [("demo", "GPT2LMHeadModel"), ("demo-neox", "GPTNeoXForCausalLM")])
@@ -94,29 +94,26 @@ def test_top_congruence_neurons_are_next_token_neurons(processed_demo):
     assert ev.rising.sum() >= RISING_OF_TOP_10, ev[["layer", "neuron", "token_id", "bin_fractions"]]
 
 
-def test_without_the_under_trained_check_frequency_neurons_come_first(processed_demo):
-    """Why glitch detection flags under-trained tokens: without that check the demo's most
-    congruent neurons are token-frequency neurons (logit patterns tracking log token frequency
-    over the vocabulary) whose top token is one the check flags (" eff", 21 times in the 12.4M
-    training tokens); with remove_frequency the ranking changes too."""
+def test_a_token_frequency_neuron_and_remove_frequency(processed_demo):
+    """Among the demo's most congruent neurons (the default selection) is a token-frequency neuron:
+    its logit pattern over the vocabulary tracks log token frequency (r < -0.55; 5.462, top token
+    the rare " bulk"), so its top token is merely the rarest candidate left; projecting the
+    frequency direction out of the output weights (remove_frequency) changes the ranking and
+    lowers the largest congruence."""
     model = processed_demo
     train = ctxlookup.Corpus.demo("train")
     counts = ctxlookup.neurons.token_counts(model, train)  # as the default glitch check: all 900 documents
-    full = ctxlookup.detect_glitch_tokens(model, counts=counts)
-    partial = ctxlookup.detect_glitch_tokens(model, counts=counts, frequency_z=None)
-    raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=partial)
+    glitch = ctxlookup.detect_glitch_tokens(model, counts=counts)
+    raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch)
     top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
-    under = set(full.token_id[full.reason == "under_trained"])
-    flagged = top_raw[top_raw.token_id.isin(under)]
-    assert len(flagged) >= 8
-    W = np.stack([model.W_out[l][n] for l, n in zip(flagged.layer, flagged.neuron)]).astype(np.float64)
+    W = np.stack([model.W_out[l][n] for l, n in zip(top_raw.layer, top_raw.neuron)]).astype(np.float64)
     f = np.log(counts + 1.0)
     f -= f.mean()
     pat = W @ model.W_U.astype(np.float64)
     pat -= pat.mean(1, keepdims=True)
     r = (pat @ f) / (np.linalg.norm(pat, axis=1) * np.linalg.norm(f))
-    assert (np.abs(r) > 0.55).all(), r
-    proj = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=partial, remove_frequency=counts)
+    assert (r < -0.55).any(), r
+    proj = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch, remove_frequency=counts)
     top_proj = proj.sort_values("congruence", ascending=False, kind="stable").head(10)
     assert set(zip(top_proj.layer, top_proj.neuron)) != set(zip(top_raw.layer, top_raw.neuron))
     assert top_proj.congruence.max() < top_raw.congruence.max()

@@ -93,8 +93,9 @@ def detect_glitch_tokens(model, corpus=None, max_docs: int = 2000, norm_z: float
     every softmax gives non-targets and little else, so their unembeddings line up along that
     direction, and neurons that write along it (token-frequency neurons) get their largest
     congruence with whichever such token is most extreme, whatever the neuron does. (On the
-    bundled demo model, this and ``rare_in_corpus`` together exclude every token seen fewer than
-    30 times in training; see the README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
+    4-layer demo model that preceded the bundled one it flagged 60 tokens, and without it 9 of the
+    10 most congruent neurons pointed at one of them; on the bundled 6-layer model it flags 3; see the
+    README.) ``corpus_count`` and ``frequency_z`` then give every flagged token's
     occurrences and projection z. ``counts``: the corpus's :func:`token_counts`, when the caller
     has them already (instead of ``corpus``). Returns a DataFrame ``[token_id, token, reason,
     norm_z]`` (and those two columns with a corpus).
