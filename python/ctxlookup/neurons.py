@@ -166,8 +166,9 @@ def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
         raise ValueError("token counts need the model's tokenizer")
     V = model.cfg.d_vocab
     texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
-    ids = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(a, np.int64) for a in model.tokenizer.encode_batch(texts)])
-    return np.bincount(ids[ids < V], minlength=V).astype(np.int64)
+    encoded = model.tokenizer.encode_batch(texts)
+    ids = np.concatenate(encoded) if encoded else np.zeros(0, np.int32)
+    return np.bincount(ids[ids < V], minlength=V).astype(np.int64, copy=False)
 
 
 def _checked_counts(model, counts) -> np.ndarray:
