@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         os.replace(tmp, ckpt)
 
     model.train()
-    t0 = time.time()
+    t0, step0 = time.time(), step  # the rate counts this process's steps only, not those before a resume
     while step < args.steps:
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(step)
@@ -217,8 +217,8 @@ def main(argv=None) -> int:
             entry["held_loss"] = held_loss()
         log.append(entry)
         if step % 10 == 0 or "held_loss" in entry:
-            rate = step * args.batch * args.n_ctx / max(time.time() - t0, 1e-9)
-            print(f"step {step}/{args.steps} loss {float(loss):.3f}"
+            rate = (step - step0) * args.batch * args.n_ctx / max(time.time() - t0, 1e-9)
+            print(f"step {step}/{args.steps} loss {entry['train_loss']:.3f}"
                   + (f" held {entry['held_loss']:.3f}" if "held_loss" in entry else "") + f" ({rate:.0f} tok/s)", flush=True)
         if step % args.checkpoint_every == 0 or step == args.steps:
             save_checkpoint()
