@@ -11,11 +11,12 @@ import pytest
 import ctxlookup
 from ctxlookup.model import demo_model_path
 
-# The issue asks for all 10. The bundled model (6 layers, 49M tokens seen on two CPU cores) gets 3
+# The issue asks for all 10. The bundled GPT-2 (6 layers, 49M tokens seen on two CPU cores) gets 3
 # with the method's selection (whole-word tokens) and 6 with the an-neuron post's congruence over
-# every token (see the README's "Known limit"). Pinned so that a change to the model or the method
-# that loses them shows; raise them with a better-trained model.
-RISING_OF_TOP_10 = {"whole_word": 3, None: 6}
+# every token; the GPT-NeoX demo (4 layers, 8.2M tokens) 0 and 4 (see the README's "Known limit").
+# Pinned so that a change to a model or the method that loses them shows; raise them with
+# better-trained models. (A pin of 0 would check nothing, so the NeoX whole-word case is left out.)
+RISING_OF_TOP_10 = {("demo", "whole_word"): 3, ("demo", None): 6, ("demo-neox", None): 4}
 
 
 @pytest.mark.parametrize("name,arch", [("demo", "GPT2LMHeadModel"), ("demo-neox", "GPTNeoXForCausalLM")])
@@ -81,21 +82,21 @@ def processed_demo():
     return ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
 
 
-@pytest.mark.parametrize("token_filter", ["whole_word", None])
-def test_top_congruence_neurons_are_next_token_neurons(processed_demo, token_filter):
-    """The an-neuron post's test on the demo's 10 most congruent neurons, glitch tokens found with
+@pytest.mark.parametrize("name,token_filter", list(RISING_OF_TOP_10))
+def test_top_congruence_neurons_are_next_token_neurons(name, token_filter):
+    """The an-neuron post's test on a demo model's 10 most congruent neurons, glitch tokens found with
     the demo train corpus excluded, under two readings of "congruence neuron": the method's
     selection (``token_filter="whole_word"``: the neuron's token is its most congruent whole word)
     and the post's (``None``: its most congruent token of all). On held-out text the fraction of
     positions where the neuron's token is the model's top prediction rises across the neuron's
     activation bins (next_token_evidence's ``rising``: Spearman >= 0.8 over the post's
     equal-width bins, the top bin at least twice the lowest)."""
-    model = processed_demo
+    model = ctxlookup.Model.from_pretrained(name, fold_ln=True, center_writing_weights=True, center_unembed=True)
     df = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, token_filter=token_filter,
                                       corpus=ctxlookup.Corpus.demo("train"))
     top = df.sort_values("congruence", ascending=False, kind="stable").head(10)
     ev = ctxlookup.next_token_evidence(model, top, ctxlookup.Corpus.demo("test"), max_docs=500)
-    assert ev.rising.sum() >= RISING_OF_TOP_10[token_filter], ev[["layer", "neuron", "token_id", "bin_fractions"]]
+    assert ev.rising.sum() >= RISING_OF_TOP_10[name, token_filter], ev[["layer", "neuron", "token_id", "bin_fractions"]]
 
 
 def test_a_token_frequency_neuron_and_remove_frequency(processed_demo):
