@@ -164,6 +164,13 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts, binning):
             assert all(m.sum() >= minp for m in masks)
         frac = [t[m].mean() for m in masks]
         assert row.n_bins == len(masks) and list(row.bin_counts) == [int(m.sum()) for m in masks]
+        # the edges bound their bins: each bin's activations lie between its two edges
+        edges = np.asarray(row.bin_edges)
+        assert len(edges) == len(masks) + 1 and (np.diff(edges) >= 0).all() and edges[-1] == pytest.approx(x.max())
+        for b, m in enumerate(masks):
+            assert x[m].min() >= edges[b] - 1e-6 and x[m].max() <= edges[b + 1] + 1e-6
+            if binning == "quantile":
+                assert x[m].min() == pytest.approx(edges[b])
         np.testing.assert_allclose(row.bin_fractions, frac, atol=1e-12)
         assert row.fraction_top_bin == pytest.approx(frac[-1]) and row.fraction_lowest_bin == pytest.approx(frac[0])
         if np.ptp(frac) > 0 and len(frac) >= 3:
@@ -184,9 +191,15 @@ def test_width_bins_merge_from_the_top():
     from ctxlookup.anneuron import _width_bins
 
     a = np.concatenate([np.zeros(500), np.linspace(1, 10, 40)])  # the bulk at 0, a sparse tail
-    which, n = _width_bins(a, 10, 100)
-    assert n == 1  # the tail never reaches 100: it all joins the lowest bin
-    which, n = _width_bins(a, 10, 20)
+    which, n, edges = _width_bins(a, 10, 100)
+    assert n == 1 and edges.tolist() == [0, 10]  # the tail never reaches 100: it all joins the lowest bin
+    which, n, edges = _width_bins(a, 10, 20)
     counts = np.bincount(which)
     assert n == len(counts) and (counts >= 20).all() and counts[0] >= 500
     assert (np.diff(which[np.argsort(a, kind="stable")]) >= 0).all()  # bins follow the activation order
+    # merged bins keep the equal-width grid's edges: 0, 1, ..., 10 with some left out
+    assert len(edges) == n + 1 and edges[0] == 0 and edges[-1] == 10
+    assert np.allclose(edges, np.round(edges)) and (np.diff(edges) > 0).all()
+    for b in range(n):
+        inside = a[which == b]
+        assert inside.min() >= edges[b] and (inside.max() < edges[b + 1] or b == n - 1)

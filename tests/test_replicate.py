@@ -60,6 +60,22 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert list(stats.columns[:4]) == ["label", "n_heads", "mean", "std"]
     t3 = run.read("table3")
     assert sorted(t3.prompts_per_neuron) == [3, 6]
+    # the an-neuron check: next_token_evidence on the test corpus for every neuron, a row per neuron and group
+    ev = run.read("evidence")
+    model = ctxlookup.Model.load(text_model_dir, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                 fold_value_biases=True)
+    want = ctxlookup.next_token_evidence(model, neurons.drop_duplicates(["layer", "neuron"]), ctxlookup.Corpus(corpora[1]),
+                                         max_docs=500, batch_tokens=2048)
+    want = want.merge(neurons[["layer", "neuron", "group"]], on=["layer", "neuron"])
+    assert len(ev) == len(neurons) and list(ev.columns) == list(want.columns)
+    for c in ev.columns:
+        if c in ("bin_fractions", "bin_counts", "bin_edges"):
+            for x, y in zip(ev[c], want[c]):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            pd.testing.assert_series_equal(ev[c], want[c], check_dtype=False, obj=c)
+    by = m["stages"]["evidence"]["attrs"]["evidence"]
+    assert by["docs"] == 500 and by["by_group"]["next_token"] == dict(neurons=6, rising=int(ev.rising[ev.group == "next_token"].sum()))
     finished = {s: m["stages"][s]["finished"] for s in STAGES}
     before = _tables(out)
     time.sleep(1.1)
@@ -186,3 +202,36 @@ def test_remove_frequency_option_and_older_manifests(text_model_dir, corpora, tm
     with pytest.raises(ValueError, match="remove_frequency"):
         replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="neurons", remove_frequency=True,
                   **OPTS)
+
+
+def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, corpora, tmp_path):
+    """A run made before the evidence stage existed gains it on resume without redoing anything
+    else; evidence_docs=0 writes an empty table; a negative count is refused before any work."""
+    import shutil
+
+    from ctxlookup.replicate import EVIDENCE_COLUMNS, evidence_summary
+
+    out = str(tmp_path / "run")
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="stats", **OPTS)
+    assert not os.path.exists(os.path.join(out, "evidence.parquet"))
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    finished = {s: m["stages"][s]["finished"] for s in STAGES[:-1]}
+    run = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    assert {s: run.manifest["stages"][s]["finished"] for s in STAGES[:-1]} == finished
+    assert len(run.read("evidence")) == len(run.read("neurons"))
+    lines = evidence_summary(run.manifest)
+    assert len(lines) == 2 and "of 6 next-token neurons" in lines[0] and "of 4 random neurons" in lines[1]
+
+    skip = str(tmp_path / "skip")
+    shutil.copytree(out, skip)
+    path = os.path.join(skip, "manifest.json")
+    m = json.load(open(path))
+    m["options"]["evidence_docs"] = m["options_key"]["evidence_docs"] = 0
+    del m["stages"]["evidence"]
+    json.dump(m, open(path, "w"))
+    run = replicate(text_model_dir, skip, corpus=corpora[0], test_corpus=corpora[1], evidence_docs=0, **OPTS)
+    ev = run.read("evidence")
+    assert len(ev) == 0 and list(ev.columns) == EVIDENCE_COLUMNS and evidence_summary(run.manifest) == []
+    with pytest.raises(ValueError, match="evidence_docs"):
+        replicate(text_model_dir, str(tmp_path / "bad"), corpus=corpora[0], test_corpus=corpora[1], evidence_docs=-1, **OPTS)
+    assert not os.path.exists(str(tmp_path / "bad"))

@@ -232,6 +232,17 @@ def test_numbers_come_from_the_tables(site, run_dir):
         assert ctxlookup.report.esc(r.explanation) in page
         n_test = page.count('class="ex right"') + page.count('class="ex wrong"')
         assert n_test == r.n_test - r.n_unparsed
+    # each neuron's an-neuron plot: a bar per bin of the evidence table, labelled with its fraction
+    ev = pd.read_parquet(os.path.join(run_dir, "evidence.parquet")).drop_duplicates(["layer", "neuron"])
+    assert len(ev) > 0
+    for r in ev.itertuples():
+        page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
+        plot = page[page.index('id="evidence"'):page.index('id="heads"')]
+        assert plot.count("<rect ") == r.n_bins == len(r.bin_fractions)
+        for f, c in zip(r.bin_fractions, r.bin_counts):
+            assert f">{100 * f:.1f}%</text>" in plot and f"{100 * f:.1f}% of {c:,} positions" in plot
+        assert ("rises with the activation" in plot) == bool(r.rising)
+        assert f"On {r.n_positions:,} positions" in plot
 
 
 def _big_site(run_dir, tmp_path):
@@ -294,11 +305,11 @@ def test_partial_run(run_dir, tmp_path):
     part = str(tmp_path / "part")
     shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("report"))
     m = json.load(open(os.path.join(part, "manifest.json")))
-    for stage in ("attribution", "select", "explain", "score", "ablation", "stats"):
+    for stage in ("attribution", "select", "explain", "score", "ablation", "stats", "evidence"):
         m["stages"].pop(stage)
     json.dump(m, open(os.path.join(part, "manifest.json"), "w"))
     for name in ("attribution", "test_attribution", "heads", "explanations", "scores", "predictions", "ablation",
-                 "ablation_by_head", "statistics", "table3", "table4", "figure5", "figure6"):
+                 "ablation_by_head", "statistics", "table3", "table4", "figure5", "figure6", "evidence"):
         for ext in ("parquet", "csv", "png", "svg"):
             if os.path.exists(os.path.join(part, f"{name}.{ext}")):
                 os.remove(os.path.join(part, f"{name}.{ext}"))
@@ -309,7 +320,7 @@ def test_partial_run(run_dir, tmp_path):
     assert "not in this run" in text
     n = pd.read_parquet(os.path.join(part, "neurons.parquet")).iloc[0]
     page = open(os.path.join(site, neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
-    assert 'class="tok max' in page and "none was explained" in page
+    assert 'class="tok max' in page and "none was explained" in page and "has no an-neuron check" in page
 
 
 def test_report_of_a_run_object(text_model_dir, run_dir, tmp_path):

@@ -139,9 +139,10 @@ def activation_patching(model, clean, corrupted, metric: Union[Callable, tuple],
     return (result - m_corr) / denom
 
 
-def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens):
+def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens, progress=False):
     """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
-    and the model's top prediction (``[positions]``) at every position but BOS."""
+    and the model's top prediction (``[positions]``) at every position but BOS. ``progress``: a tqdm
+    bar over documents."""
     from .search import _as_corpus, _doc_tokens
 
     neurons = [(int(l), int(i)) for l, i in neurons]
@@ -165,17 +166,24 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
             acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:n, i] for l, i in neurons], axis=1))
             tops.append(logits[b, 1:n].argmax(-1))
 
+    from tqdm.auto import tqdm
+
     tok_count = 0
-    for k, doc in enumerate(corpus):
-        if max_docs is not None and k >= max_docs:
-            break
-        buf.append(doc.text)
-        tok_count += min(len(doc.text) // 2 + 2, max_tokens)
-        if tok_count >= batch_tokens:
+    with tqdm(total=max_docs, unit="doc", desc="next-token evidence", disable=not progress) as bar:
+        for k, doc in enumerate(corpus):
+            if max_docs is not None and k >= max_docs:
+                break
+            buf.append(doc.text)
+            tok_count += min(len(doc.text) // 2 + 2, max_tokens)
+            if tok_count >= batch_tokens:
+                n = len(buf)
+                flush()
+                bar.update(n)
+                tok_count = 0
+        if buf:
+            n = len(buf)
             flush()
-            tok_count = 0
-    if buf:
-        flush()
+            bar.update(n)
     if not acts:
         raise ValueError("the corpus gave no positions")
     return np.concatenate(acts).astype(np.float32), np.concatenate(tops)
@@ -233,7 +241,8 @@ def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Opt
 def _width_bins(a, bins, min_positions):
     """Equal-width bins over the observed range, then adjacent bins merged from the top down until
     each holds at least ``min_positions`` positions (what is left at the bottom joins the lowest
-    bin). Returns the bin index of every position and the number of bins."""
+    bin). Returns the bin index of every position, the number of bins and their edges
+    (``n_bins + 1`` values, the merged bins' outer edges)."""
     edges = np.linspace(a.min(), a.max(), bins + 1)
     raw = np.clip(np.digitize(a, edges[1:-1]), 0, bins - 1)
     n = np.bincount(raw, minlength=bins)
@@ -246,12 +255,14 @@ def _width_bins(a, bins, min_positions):
             k, held = k + 1, 0
     n_bins = max(k, 1)
     new = np.minimum(new, n_bins - 1)
-    return (n_bins - 1) - new[raw], n_bins
+    merged = (n_bins - 1) - new  # raw bin -> merged bin, counted from the bottom
+    starts = [0] + [b for b in range(1, bins) if merged[b] != merged[b - 1]]
+    return merged[raw], n_bins, np.append(edges[starts], edges[-1])
 
 
 def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "width", min_positions: int = 100,
                         max_docs: Optional[int] = 500, max_tokens: Optional[int] = None,
-                        batch_tokens: int = 4096) -> pd.DataFrame:
+                        batch_tokens: int = 4096, progress: bool = False) -> pd.DataFrame:
     """Is each neuron a next-token neuron in the an-neuron post's sense: does its activation on
     ``corpus`` predict its token being the model's top prediction? One pass over the corpus for
     all neurons.
@@ -272,7 +283,8 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
     that a position where the token is top has a higher activation than one where it is not,
     ties counting half: the Mann-Whitney U statistic over the product of the group sizes; NaN
     when ``n_top`` is 0), ``n_bins``, ``bin_fractions`` and ``bin_counts`` (tuples, lowest bin
-    first), ``fraction_lowest_bin``, ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation
+    first), ``bin_edges`` (``n_bins + 1`` activations: bin b holds the activations from edge b up
+    to edge b + 1, the last edge the largest activation seen), ``fraction_lowest_bin``, ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation
     of bin rank with the bin's top fraction; NaN with fewer than 3 bins or a constant
     fraction), and ``rising``: ``n_top > 0``, ``bin_spearman >= 0.8`` and a top-bin fraction at
     least twice the lowest bin's.
@@ -291,7 +303,7 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
         raise ValueError(f"binning must be 'width' or 'quantile', not {binning!r}")
     from scipy.stats import rankdata, spearmanr
 
-    acts, tops = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens)
+    acts, tops = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens, progress)
     rows = []
     for j, ((layer, idx), tok) in enumerate(zip(pairs, tokens)):
         tok = _neuron_token(model, layer, idx) if tok is None else int(tok)
@@ -303,17 +315,20 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
         else:
             auc = np.nan
         if binning == "width":
-            which, n_bins = _width_bins(a, int(bins), int(min_positions))
+            which, n_bins, edges = _width_bins(a, int(bins), int(min_positions))
         else:
             which, n_bins = np.empty(n_pos, np.int64), min(int(bins), n_pos)
-            for b, part in enumerate(np.array_split(np.argsort(a, kind="stable"), n_bins)):
+            order = np.argsort(a, kind="stable")
+            parts = np.array_split(order, n_bins)
+            for b, part in enumerate(parts):
                 which[part] = b
+            edges = np.append([a[part[0]] for part in parts], a[order[-1]])  # each bin's lowest, then the top
         counts, _, frac = _bin_fractions(which, t, n_bins)  # no bin is empty here
         rho = spearmanr(np.arange(n_bins), frac).statistic if n_bins >= 3 and np.ptp(frac) > 0 else np.nan
         rising = bool(n_top > 0 and rho >= 0.8 and frac[-1] >= 2 * frac[0])
         rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), n_bins,
-                     tuple(float(x) for x in frac), tuple(int(x) for x in counts), float(frac[0]), float(frac[-1]),
-                     float(rho), rising))
+                     tuple(float(x) for x in frac), tuple(int(x) for x in counts), tuple(float(x) for x in edges),
+                     float(frac[0]), float(frac[-1]), float(rho), rising))
     return pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins",
-                                       "bin_fractions", "bin_counts", "fraction_lowest_bin", "fraction_top_bin",
-                                       "bin_spearman", "rising"])
+                                       "bin_fractions", "bin_counts", "bin_edges", "fraction_lowest_bin",
+                                       "fraction_top_bin", "bin_spearman", "rising"])

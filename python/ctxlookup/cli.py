@@ -44,6 +44,8 @@ def _add_replicate(sub):
     p.add_argument("--rule", choices=["architecture", "authors"], default=d.rule)
     p.add_argument("--truncation", choices=["exact", "binary"], default=d.truncation)
     p.add_argument("--ablation", choices=["zero", "mean"], default=d.ablation)
+    p.add_argument("--evidence-docs", type=int, default=d.evidence_docs,
+                   help="test-corpus documents for the an-neuron check of every neuron (default %(default)s; 0 skips it)")
     p.add_argument("--max-docs", type=int, help="use at most this many documents of each corpus")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -51,7 +53,7 @@ def _add_replicate(sub):
 
 
 def _run_replicate(args) -> int:
-    from .replicate import Options, Run
+    from .replicate import Options, Run, evidence_summary
 
     fields = set(Options.__dataclass_fields__)
     opts = Options(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -63,6 +65,8 @@ def _run_replicate(args) -> int:
     if "stats" in manifest["stages"]:
         st = run.read("statistics")
         print(st.to_string(index=False))
+    for line in evidence_summary(manifest):
+        print(line)
     if hasattr(run._client, "usage_report"):
         print(run._client.usage_report())
     return 0

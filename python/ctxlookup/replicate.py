@@ -14,6 +14,9 @@ Stages, in order (each is also a subcommand; running one runs what it needs firs
 ``score``          the explanations scored on the test prompts (and each test prompt's answer)
 ``ablation``       the ablation check (METHOD §6)
 ``stats``          statistics, Tables 3 and 4, Figures 5 and 6
+``evidence``       not the paper's: the an-neuron post's check of every neuron on the test corpus
+                   (``next_token_evidence``: does its activation predict its token being the top
+                   prediction?); ``--evidence-docs`` documents (500; 0 skips it)
 =================  ============================================================================
 
 A run directory holds every stage's tables (Parquet and CSV), the figures, the LLM response cache
@@ -39,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 STAGES = ["neurons", "scan", "truncate", "test_scan", "test_truncate", "attribution", "select", "explain", "score",
-          "ablation", "stats"]
+          "ablation", "stats", "evidence"]
 
 # the tables each stage writes
 OUTPUTS = {
@@ -54,6 +57,7 @@ OUTPUTS = {
     "score": ["scores", "predictions"],
     "ablation": ["ablation", "ablation_by_head"],
     "stats": ["statistics", "table3", "table4"],
+    "evidence": ["evidence"],
 }
 
 
@@ -92,6 +96,7 @@ class Options:
     low: float = 0.25
     high: float = 0.75
     ablation: str = "zero"
+    evidence_docs: int = 500                      # test-corpus documents for the an-neuron check (0: skip it)
     max_docs: Optional[int] = None                # cap each corpus (quick runs)
     batch_tokens: int = 8192
     progress: bool = True
@@ -137,6 +142,8 @@ class Run:
     """A run directory: tables, manifest, and the stages' state."""
 
     def __init__(self, opts: Options):
+        if int(opts.evidence_docs) < 0:
+            raise ValueError(f"evidence_docs must be >= 0 (0 skips the an-neuron check), got {opts.evidence_docs}")
         self.opts = opts
         self.dir = os.path.abspath(opts.out)
         os.makedirs(self.dir, exist_ok=True)
@@ -451,6 +458,40 @@ class Run:
         figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"))
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
+
+    def _stage_evidence(self):
+        """The an-neuron post's check on every selected neuron (not part of the paper's method): on
+        the test corpus, does the neuron's activation predict its token being the model's top
+        prediction (:func:`ctxlookup.next_token_evidence`)?"""
+        from .anneuron import next_token_evidence
+
+        neurons = self._unique_neurons()
+        n = int(self.opts.evidence_docs)
+        if n == 0 or not len(neurons):
+            ev = pd.DataFrame(columns=EVIDENCE_COLUMNS)
+        else:
+            ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
+                                     batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
+            # a row per neuron and group, as the scores (a neuron can be in both groups)
+            ev = ev.merge(self.read("neurons")[["layer", "neuron", "group"]], on=["layer", "neuron"], how="left")
+            ev["bin_fractions"], ev["bin_counts"], ev["bin_edges"] = (ev[c].map(list) for c in
+                                                                      ("bin_fractions", "bin_counts", "bin_edges"))
+        self.write("evidence", ev)
+        summary = {g: dict(neurons=int((ev.group == g).sum()), rising=int(ev.rising[ev.group == g].sum()))
+                   for g in sorted(set(ev.group))} if len(ev) else {}
+        return {"evidence": dict(docs=n, by_group=summary)}
+
+
+EVIDENCE_COLUMNS = ["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins", "bin_fractions",
+                    "bin_counts", "bin_edges", "fraction_lowest_bin", "fraction_top_bin", "bin_spearman", "rising", "group"]
+
+
+def evidence_summary(manifest: dict) -> List[str]:
+    """The evidence stage's result in words, a line per neuron group (none before the stage ran)."""
+    ev = manifest.get("stages", {}).get("evidence", {}).get("attrs", {}).get("evidence", {})
+    return [f"an-neuron check on {ev['docs']} test documents: {c['rising']} of {c['neurons']} {group.replace('_', '-')} "
+            f"neurons make their token the top prediction more often as they activate more"
+            for group, c in ev.get("by_group", {}).items()]
 
 
 def _usage_dict(client) -> dict:

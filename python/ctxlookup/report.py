@@ -1122,6 +1122,62 @@ def _attribution_grid(data: RunData, links: _Links, layer: int, neuron: int, exs
             f'\u2013{_pct(data.options.get("high", .75))} of the prompts).</p>')
 
 
+def _evidence_row(data: RunData, layer: int, neuron: int) -> Optional[dict]:
+    """The run's an-neuron check of one neuron (the evidence table's row), or None."""
+    if "evidence_rows" not in data._cache:
+        ev = data.table("evidence")
+        rows = {}
+        if len(ev.columns) and len(ev):
+            for r in ev.drop_duplicates(["layer", "neuron"]).to_dict(orient="records"):
+                rows[int(r["layer"]), int(r["neuron"])] = r
+        data._cache["evidence_rows"] = rows
+    return data._cache["evidence_rows"].get((int(layer), int(neuron)))
+
+
+def _evidence_html(data: RunData, layer: int, neuron: int, token: Optional[str]) -> str:
+    """The an-neuron post's plot for one neuron: per activation bin, the fraction of test positions
+    where the neuron's token is the model's top prediction (an inline SVG; no script)."""
+    r = _evidence_row(data, layer, neuron)
+    out = ['<h2 id="evidence">Activation vs top prediction</h2>']
+    if r is None:
+        if not data.has("evidence"):
+            out.append('<p class="muted">This run has no an-neuron check (the <span class="mono">evidence</span> '
+                       'stage; rerun <span class="mono">ctxlookup replicate</span> with the same options to add it).</p>')
+        else:
+            out.append('<p class="muted">The run\'s an-neuron check did not cover this neuron.</p>')
+        return "\n".join(out)
+    frac = [float(x) for x in r["bin_fractions"]]
+    counts = [int(x) for x in r["bin_counts"]]
+    edges = [float(x) for x in r["bin_edges"]]
+    top = max(max(frac), 1e-9)
+    W, H, pad_l, pad_b, pad_t = 560, 190, 44, 34, 18
+    bw = (W - pad_l - 8) / len(frac)
+    parts = [f'<svg class="evid" role="img" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+             f'aria-label="fraction of positions where the token is the top prediction, by activation bin">',
+             f'<line x1="{pad_l}" y1="{H - pad_b}" x2="{W - 4}" y2="{H - pad_b}" stroke="#888"/>',
+             f'<text x="{pad_l - 6}" y="{pad_t + 4}" text-anchor="end" font-size="11" fill="#666">{esc(_pct(top))}</text>',
+             f'<text x="{pad_l - 6}" y="{H - pad_b}" text-anchor="end" font-size="11" fill="#666">0%</text>']
+    for b, (f, c) in enumerate(zip(frac, counts)):
+        h = (H - pad_b - pad_t) * f / top
+        x = pad_l + b * bw + 2
+        parts.append(f'<rect x="{x:.1f}" y="{H - pad_b - h:.1f}" width="{bw - 4:.1f}" height="{h:.1f}" '
+                     f'fill="rgba(255,122,0,.85)"><title>activation {edges[b]:.3g} to {edges[b + 1]:.3g}: '
+                     f'{100 * f:.1f}% of {c:,} positions</title></rect>')
+        parts.append(f'<text x="{x + (bw - 4) / 2:.1f}" y="{H - pad_b - h - 4:.1f}" text-anchor="middle" font-size="10" '
+                     f'fill="#333">{100 * f:.1f}%</text>')
+        parts.append(f'<text x="{x:.1f}" y="{H - pad_b + 13}" font-size="10" fill="#666">{edges[b]:.2g}</text>')
+    parts.append(f'<text x="{W - 4}" y="{H - 4}" text-anchor="end" font-size="10" fill="#666">activation '
+                 f'(to {edges[-1]:.3g})</text></svg>')
+    out.append("".join(parts))
+    verdict = ("rises with the activation" if r["rising"] else "does not rise steadily with the activation")
+    out.append(f'<p class="sub">On {int(r["n_positions"]):,} positions of the test corpus, the fraction where '
+               f'{esc(_quoted(token))} is the model\'s top prediction, by the neuron\'s activation (equal-width bins, '
+               f'the sparse top ones merged to at least 100 positions; the an-neuron post\'s plot): it '
+               f'<b>{verdict}</b> (Spearman {esc(fmt(r["bin_spearman"], 2))} over the bins; AUC '
+               f'{esc(fmt(r["auc"], 3))}: how often a position where it is top has the higher activation).</p>')
+    return "\n".join(out)
+
+
 def neuron_html(data: RunData, layer: int, neuron: int, links: _Links) -> str:
     """The body of a neuron's page (also its notebook view)."""
     layer, neuron = int(layer), int(neuron)
@@ -1163,6 +1219,7 @@ def neuron_html(data: RunData, layer: int, neuron: int, links: _Links) -> str:
             for t, s, c in tt["bottom"]) + "</p>")
         out.append(f'<p class="sub">Congruence {d} of the neuron\'s output weights with every token; the '
                    f'{tt["n_excluded"]} tokens the run excluded (glitch, unreachable) are left out.</p>')
+    out.append(_evidence_html(data, layer, neuron, token))
     # heads
     out.append('<h2 id="heads">Attention heads</h2>')
     if len(pairs):
@@ -1494,13 +1551,16 @@ def _neuron_records(data: RunData, links: _Links):
     npr = pr.groupby(["layer", "neuron"]).size().to_dict() if len(pr.columns) else {}
     cols = [dict(label="neuron"), dict(label="group"), dict(label="token", kind="token"), dict(label="congruence", num=True, kind="float"),
             dict(label="max act", num=True, kind="float"), dict(label="prompts", num=True),
-            dict(label="heads", num=True), dict(label="best E", num=True, kind="float")]
+            dict(label="heads", num=True), dict(label="best E", num=True, kind="float"),
+            dict(label="rising"), dict(label="AUC", num=True, kind="float")]
     rows = []
     for r in neurons.itertuples(index=False):
         k = (int(r.layer), int(r.neuron))
+        ev = _evidence_row(data, *k)
         rows.append([dict(t=neuron_label(*k), h=links.neuron(*k)), _str(r.group), _quoted(_str(r.token)),
                      _jnum(r.congruence), _jnum(maxact.get(k)), int(npr.get(k, 0)), int(counts.get(k, 0)),
-                     _jnum(best.get(k))])
+                     _jnum(best.get(k)), None if ev is None else ("yes" if ev["rising"] else "no"),
+                     None if ev is None else _jnum(ev["auc"])])
     return dict(columns=cols, rows=rows)
 
 

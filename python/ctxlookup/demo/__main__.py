@@ -43,11 +43,15 @@ def main(argv=None) -> int:
     run = replicate_fresh(replicate, out, explainer)
     st = run.read("statistics")
     print(st.to_string(index=False))
+    from ..replicate import evidence_summary
+
+    for line in evidence_summary(run.manifest):
+        print(line)
     from ..report import report
 
     index = report(run)
     print(f"\nfinished in {time.perf_counter() - t0:.0f} s; results in {run.dir}")
-    for f in ("statistics.csv", "scores.csv", "heads.csv", "figure5.png", "figure6.png", "manifest.json"):
+    for f in ("statistics.csv", "scores.csv", "heads.csv", "evidence.csv", "figure5.png", "figure6.png", "manifest.json"):
         print(f"  {os.path.join(run.dir, f)}")
     print(f"report (open in a browser): file://{index}")
     return 0
