@@ -95,7 +95,7 @@ def test_top_congruence_neurons_are_next_token_neurons(name, token_filter):
     df = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, token_filter=token_filter,
                                       corpus=ctxlookup.Corpus.demo("train"))
     top = df.sort_values("congruence", ascending=False, kind="stable").head(10)
-    ev = ctxlookup.next_token_evidence(model, top, ctxlookup.Corpus.demo("test"), max_docs=500)
+    ev = ctxlookup.next_token_evidence(model, top, ctxlookup.Corpus.demo("test"), max_docs=None)  # all 450
     assert ev.rising.sum() >= RISING_OF_TOP_10[name, token_filter], ev[["layer", "neuron", "token_id", "bin_fractions"]]
 
 

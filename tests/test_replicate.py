@@ -75,7 +75,7 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
         else:
             pd.testing.assert_series_equal(ev[c], want[c], check_dtype=False, obj=c)
     by = m["stages"]["evidence"]["attrs"]["evidence"]
-    assert by["docs"] == 500 and by["by_group"]["next_token"] == dict(neurons=6, rising=int(ev.rising[ev.group == "next_token"].sum()))
+    assert by["docs"] == ctxlookup.Corpus(corpora[1]).count() < 500 and by["by_group"]["next_token"] == dict(neurons=6, rising=int(ev.rising[ev.group == "next_token"].sum()))
     finished = {s: m["stages"][s]["finished"] for s in STAGES}
     before = _tables(out)
     time.sleep(1.1)

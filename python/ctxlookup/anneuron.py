@@ -141,8 +141,8 @@ def activation_patching(model, clean, corrupted, metric: Union[Callable, tuple],
 
 def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens, progress=False):
     """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
-    and the model's top prediction (``[positions]``) at every position but BOS. ``progress``: a tqdm
-    bar over documents."""
+    and the model's top prediction (``[positions]``) at every position but BOS, and the number of
+    documents read. ``progress``: a tqdm bar over documents."""
     from .search import _as_corpus, _doc_tokens
 
     neurons = [(int(l), int(i)) for l, i in neurons]
@@ -168,11 +168,15 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
 
     from tqdm.auto import tqdm
 
-    tok_count = 0
-    with tqdm(total=max_docs, unit="doc", desc="next-token evidence", disable=not progress) as bar:
+    total = corpus.count() if progress else None
+    if total is not None and max_docs is not None:
+        total = min(total, max_docs)
+    tok_count, n_docs = 0, 0
+    with tqdm(total=total, unit="doc", desc="next-token evidence", disable=not progress) as bar:
         for k, doc in enumerate(corpus):
             if max_docs is not None and k >= max_docs:
                 break
+            n_docs += 1
             buf.append(doc.text)
             tok_count += min(len(doc.text) // 2 + 2, max_tokens)
             if tok_count >= batch_tokens:
@@ -186,7 +190,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
             bar.update(n)
     if not acts:
         raise ValueError("the corpus gave no positions")
-    return np.concatenate(acts).astype(np.float32), np.concatenate(tops)
+    return np.concatenate(acts).astype(np.float32), np.concatenate(tops), n_docs
 
 
 def _neuron_token(model, layer, idx):
@@ -217,7 +221,7 @@ def activation_vs_prediction(model, neuron: Sequence[int], corpus, token_id: Opt
     arrays. The BOS position never counts.
     """
     layer, idx = int(neuron[0]), int(neuron[1])
-    acts, tops = _neuron_positions(model, [(layer, idx)], corpus, max_docs, max_tokens, batch_tokens)
+    acts, tops, _ = _neuron_positions(model, [(layer, idx)], corpus, max_docs, max_tokens, batch_tokens)
     if token_id is None:
         token_id = _neuron_token(model, layer, idx)
     a, t = acts[:, 0], tops == token_id
@@ -287,7 +291,7 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
     to edge b + 1, the last edge the largest activation seen), ``fraction_lowest_bin``, ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation
     of bin rank with the bin's top fraction; NaN with fewer than 3 bins or a constant
     fraction), and ``rising``: ``n_top > 0``, ``bin_spearman >= 0.8`` and a top-bin fraction at
-    least twice the lowest bin's.
+    least twice the lowest bin's. ``df.attrs["n_docs"]``: the documents read (at most ``max_docs``).
     """
     if isinstance(neurons, pd.DataFrame):
         pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
@@ -303,7 +307,7 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
         raise ValueError(f"binning must be 'width' or 'quantile', not {binning!r}")
     from scipy.stats import rankdata, spearmanr
 
-    acts, tops = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens, progress)
+    acts, tops, n_docs = _neuron_positions(model, pairs, corpus, max_docs, max_tokens, batch_tokens, progress)
     rows = []
     for j, ((layer, idx), tok) in enumerate(zip(pairs, tokens)):
         tok = _neuron_token(model, layer, idx) if tok is None else int(tok)
@@ -329,6 +333,8 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
         rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), n_bins,
                      tuple(float(x) for x in frac), tuple(int(x) for x in counts), tuple(float(x) for x in edges),
                      float(frac[0]), float(frac[-1]), float(rho), rising))
-    return pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins",
-                                       "bin_fractions", "bin_counts", "bin_edges", "fraction_lowest_bin",
-                                       "fraction_top_bin", "bin_spearman", "rising"])
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins",
+                                     "bin_fractions", "bin_counts", "bin_edges", "fraction_lowest_bin",
+                                     "fraction_top_bin", "bin_spearman", "rising"])
+    df.attrs["n_docs"] = n_docs
+    return df

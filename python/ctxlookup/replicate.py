@@ -466,12 +466,13 @@ class Run:
         from .anneuron import next_token_evidence
 
         neurons = self._unique_neurons()
-        n = int(self.opts.evidence_docs)
+        n, docs = int(self.opts.evidence_docs), 0
         if n == 0 or not len(neurons):
             ev = pd.DataFrame(columns=EVIDENCE_COLUMNS)
         else:
             ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
                                      batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
+            docs = ev.attrs["n_docs"]
             # a row per neuron and group, as the scores (a neuron can be in both groups)
             ev = ev.merge(self.read("neurons")[["layer", "neuron", "group"]], on=["layer", "neuron"], how="left")
             ev["bin_fractions"], ev["bin_counts"], ev["bin_edges"] = (ev[c].map(list) for c in
@@ -479,7 +480,7 @@ class Run:
         self.write("evidence", ev)
         summary = {g: dict(neurons=int((ev.group == g).sum()), rising=int(ev.rising[ev.group == g].sum()))
                    for g in sorted(set(ev.group))} if len(ev) else {}
-        return {"evidence": dict(docs=n, by_group=summary)}
+        return {"evidence": dict(docs=docs, by_group=summary)}
 
 
 EVIDENCE_COLUMNS = ["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins", "bin_fractions",
