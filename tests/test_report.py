@@ -233,7 +233,11 @@ def test_numbers_come_from_the_tables(site, run_dir):
         n_test = page.count('class="ex right"') + page.count('class="ex wrong"')
         assert n_test == r.n_test - r.n_unparsed
     # each neuron's an-neuron plot: a bar per bin of the evidence table, labelled with its fraction
-    ev = pd.read_parquet(os.path.join(run_dir, "evidence.parquet")).drop_duplicates(["layer", "neuron"])
+    ev = pd.read_parquet(os.path.join(run_dir, "evidence.parquet"))
+    nt = ev[ev.group == "next_token"]
+    index = open(os.path.join(site, "index.html"), encoding="utf-8").read()
+    assert f'<div class="k">an-neuron check</div><div class="v">{int(nt.rising.sum())}/{len(nt)}</div>' in index
+    ev = ev.drop_duplicates(["layer", "neuron"])
     assert len(ev) > 0
     for r in ev.itertuples():
         page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()

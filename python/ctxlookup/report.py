@@ -1420,6 +1420,18 @@ def _figure(data: RunData, links: _Links, name: str, caption: str) -> str:
             f'</figure>')
 
 
+def _evidence_cards(data: RunData) -> List[str]:
+    """The summary's card for the evidence stage (none when the run has not run it)."""
+    ev = data.stage_attrs("evidence", "evidence")
+    by = ev.get("by_group") or {}
+    if not by:
+        return []
+    nt, rnd = by.get("next_token", {}), by.get("random", {})
+    v = f"{nt.get('rising', 0)}/{nt.get('neurons', 0)}" if nt else "–"
+    sub = (f"random: {rnd.get('rising', 0)}/{rnd.get('neurons', 0)}; " if rnd else "") + f"{ev.get('docs', '?')} test documents"
+    return [_card("an-neuron check", esc(v), esc(f"next-token neurons rising; {sub}"))]
+
+
 def summary_html(data: RunData, links: _Links) -> str:
     """The run's summary: model, counts, statistics, figures, tables and options."""
     m = data.manifest
@@ -1453,7 +1465,7 @@ def summary_html(data: RunData, links: _Links) -> str:
         _card("selected pairs", esc(fmt(len(pairs))), "neuron-head, any prompt count"),
         _card("explainer", esc(who)),
         _card("mean E", esc(fmt(mean_e("next_token"))), f"random: {esc(fmt(mean_e('random')))}"),
-    ]) + "</div>")
+    ] + _evidence_cards(data)) + "</div>")
     out.append(_notes(data, ()) if data.model is None else "")
     out.append('<h2 id="statistics">Explanation scores</h2>')
     out.append(_df_table(data.table("statistics")))
