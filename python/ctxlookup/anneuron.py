@@ -288,10 +288,11 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
     ties counting half: the Mann-Whitney U statistic over the product of the group sizes; NaN
     when ``n_top`` is 0), ``n_bins``, ``bin_fractions`` and ``bin_counts`` (tuples, lowest bin
     first), ``bin_edges`` (``n_bins + 1`` activations: bin b holds the activations from edge b up
-    to edge b + 1, the last edge the largest activation seen), ``fraction_lowest_bin``, ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation
-    of bin rank with the bin's top fraction; NaN with fewer than 3 bins or a constant
-    fraction), and ``rising``: ``n_top > 0``, ``bin_spearman >= 0.8`` and a top-bin fraction at
-    least twice the lowest bin's. ``df.attrs["n_docs"]``: the documents read (at most ``max_docs``).
+    to edge b + 1, the last edge the largest activation seen), ``fraction_lowest_bin``,
+    ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation of bin rank with the bin's top
+    fraction; NaN with fewer than 3 bins or a constant fraction), and ``rising``: ``n_top > 0``,
+    ``bin_spearman >= 0.8`` and a top-bin fraction at least twice the lowest bin's.
+    ``df.attrs["n_docs"]``: the documents read (at most ``max_docs``). ``progress``: a tqdm bar.
     """
     if isinstance(neurons, pd.DataFrame):
         pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
