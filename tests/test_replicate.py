@@ -209,7 +209,8 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     else; evidence_docs=0 writes an empty table; a negative count is refused before any work."""
     import shutil
 
-    from ctxlookup.replicate import EVIDENCE_COLUMNS, evidence_summary
+    from ctxlookup.anneuron import EVIDENCE_COLUMNS
+    from ctxlookup.replicate import evidence_summary
 
     out = str(tmp_path / "run")
     replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="stats", **OPTS)
@@ -231,7 +232,7 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     json.dump(m, open(path, "w"))
     run = replicate(text_model_dir, skip, corpus=corpora[0], test_corpus=corpora[1], evidence_docs=0, **OPTS)
     ev = run.read("evidence")
-    assert len(ev) == 0 and list(ev.columns) == EVIDENCE_COLUMNS and evidence_summary(run.manifest) == []
+    assert len(ev) == 0 and list(ev.columns) == EVIDENCE_COLUMNS + ["group"] and evidence_summary(run.manifest) == []
     with pytest.raises(ValueError, match="evidence_docs"):
         replicate(text_model_dir, str(tmp_path / "bad"), corpus=corpora[0], test_corpus=corpora[1], evidence_docs=-1, **OPTS)
     assert not os.path.exists(str(tmp_path / "bad"))

@@ -155,16 +155,17 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
     acts, tops, buf = [], [], []
 
-    def flush():
+    def flush(bar):
         toks = [t for t in _doc_tokens(model, buf, True, max_tokens) if len(t) > 1]
+        n_read = len(buf)
         buf.clear()
-        if not toks:
-            return
-        logits, cache = model.run_with_cache(toks, names_filter=names)
-        for b, t in enumerate(toks):
-            n = len(t)
-            acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:n, i] for l, i in neurons], axis=1))
-            tops.append(logits[b, 1:n].argmax(-1))
+        if toks:
+            logits, cache = model.run_with_cache(toks, names_filter=names)
+            for b, t in enumerate(toks):
+                n = len(t)
+                acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:n, i] for l, i in neurons], axis=1))
+                tops.append(logits[b, 1:n].argmax(-1))
+        bar.update(n_read)
 
     from tqdm.auto import tqdm
 
@@ -173,21 +174,17 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
         total = min(total, max_docs)
     tok_count, n_docs = 0, 0
     with tqdm(total=total, unit="doc", desc="next-token evidence", disable=not progress) as bar:
-        for k, doc in enumerate(corpus):
-            if max_docs is not None and k >= max_docs:
+        for doc in corpus:
+            if max_docs is not None and n_docs >= max_docs:
                 break
             n_docs += 1
             buf.append(doc.text)
             tok_count += min(len(doc.text) // 2 + 2, max_tokens)
             if tok_count >= batch_tokens:
-                n = len(buf)
-                flush()
-                bar.update(n)
+                flush(bar)
                 tok_count = 0
         if buf:
-            n = len(buf)
-            flush()
-            bar.update(n)
+            flush(bar)
     if not acts:
         raise ValueError("the corpus gave no positions")
     return np.concatenate(acts).astype(np.float32), np.concatenate(tops), n_docs
@@ -264,6 +261,10 @@ def _width_bins(a, bins, min_positions):
     return merged[raw], n_bins, np.append(edges[starts], edges[-1])
 
 
+EVIDENCE_COLUMNS = ["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins", "bin_fractions",
+                    "bin_counts", "bin_edges", "fraction_lowest_bin", "fraction_top_bin", "bin_spearman", "rising"]
+
+
 def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "width", min_positions: int = 100,
                         max_docs: Optional[int] = 500, max_tokens: Optional[int] = None,
                         batch_tokens: int = 4096, progress: bool = False) -> pd.DataFrame:
@@ -334,8 +335,6 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
         rows.append((layer, idx, tok, n_pos, n_top, n_top / n_pos, float(auc), n_bins,
                      tuple(float(x) for x in frac), tuple(int(x) for x in counts), tuple(float(x) for x in edges),
                      float(frac[0]), float(frac[-1]), float(rho), rising))
-    df = pd.DataFrame(rows, columns=["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins",
-                                     "bin_fractions", "bin_counts", "bin_edges", "fraction_lowest_bin",
-                                     "fraction_top_bin", "bin_spearman", "rising"])
+    df = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
     df.attrs["n_docs"] = n_docs
     return df

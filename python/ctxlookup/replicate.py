@@ -463,12 +463,12 @@ class Run:
         """The an-neuron post's check on every selected neuron (not part of the paper's method): on
         the test corpus, does the neuron's activation predict its token being the model's top
         prediction (:func:`ctxlookup.next_token_evidence`)?"""
-        from .anneuron import next_token_evidence
+        from .anneuron import EVIDENCE_COLUMNS, next_token_evidence
 
         neurons = self._unique_neurons()
         n, docs = int(self.opts.evidence_docs), 0
         if n == 0 or not len(neurons):
-            ev = pd.DataFrame(columns=EVIDENCE_COLUMNS)
+            ev = pd.DataFrame(columns=EVIDENCE_COLUMNS + ["group"])
         else:
             ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
                                      batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
@@ -481,10 +481,6 @@ class Run:
         summary = {g: dict(neurons=int((ev.group == g).sum()), rising=int(ev.rising[ev.group == g].sum()))
                    for g in sorted(set(ev.group))} if len(ev) else {}
         return {"evidence": dict(docs=docs, by_group=summary)}
-
-
-EVIDENCE_COLUMNS = ["layer", "neuron", "token_id", "n_positions", "n_top", "base_rate", "auc", "n_bins", "bin_fractions",
-                    "bin_counts", "bin_edges", "fraction_lowest_bin", "fraction_top_bin", "bin_spearman", "rising", "group"]
 
 
 def evidence_summary(manifest: dict) -> List[str]:
