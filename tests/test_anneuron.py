@@ -148,7 +148,8 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts, binning):
     bins, minp = 6, 150
     ev = next_token_evidence(text_model, frame, corpus, bins=bins, binning=binning, min_positions=minp,
                              max_docs=N_DOCS, batch_tokens=500)
-    assert ev[["layer", "neuron", "token_id"]].values.tolist() == frame.values.tolist() and ev.attrs["n_docs"] == N_DOCS
+    assert ev[["layer", "neuron", "token_id"]].values.tolist() == frame.values.tolist()
+    assert ev.attrs == dict(n_docs=N_DOCS, bins=bins, binning=binning, min_positions=minp)
     for j, row in ev.iterrows():
         x, t = a[:, j], tops == tokens[j]
         assert row.n_positions == len(x) and row.n_top == t.sum()

@@ -76,6 +76,8 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
             pd.testing.assert_series_equal(ev[c], want[c], check_dtype=False, obj=c)
     by = m["stages"]["evidence"]["attrs"]["evidence"]
     assert by["docs"] == ctxlookup.Corpus(corpora[1]).count() < 500 and by["by_group"]["next_token"] == dict(neurons=6, rising=int(ev.rising[ev.group == "next_token"].sum()))
+    assert (by["bins"], by["binning"], by["min_positions"]) == (10, "width", 100)
+    assert by["vs_random"] == ctxlookup.stats.rising_comparison(ev)
     finished = {s: m["stages"][s]["finished"] for s in STAGES}
     before = _tables(out)
     time.sleep(1.1)
@@ -221,7 +223,9 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     assert {s: run.manifest["stages"][s]["finished"] for s in STAGES[:-1]} == finished
     assert len(run.read("evidence")) == len(run.read("neurons"))
     lines = evidence_summary(run.manifest)
-    assert len(lines) == 2 and "of 6 next-token neurons" in lines[0] and "of 4 random neurons" in lines[1]
+    assert len(lines) == 3 and "of 6 next-token neurons" in lines[0] and "of 4 random neurons" in lines[1]
+    assert lines[2] == ("next-token vs random neurons rising: Fisher's exact test, one-sided p = "
+                        f"{run.manifest['stages']['evidence']['attrs']['evidence']['vs_random']['p']:.2g}")
 
     skip = str(tmp_path / "skip")
     shutil.copytree(out, skip)

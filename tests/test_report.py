@@ -237,6 +237,8 @@ def test_numbers_come_from_the_tables(site, run_dir):
     nt = ev[ev.group == "next_token"]
     index = open(os.path.join(site, "index.html"), encoding="utf-8").read()
     assert f'<div class="k">an-neuron check</div><div class="v">{int(nt.rising.sum())}/{len(nt)}</div>' in index
+    vs = ctxlookup.stats.rising_comparison(ev)
+    assert ctxlookup.report.esc(f"Fisher's exact test, one-sided p = {vs['p']:.2g}") in index
     ev = ev.drop_duplicates(["layer", "neuron"])
     assert len(ev) > 0
     for r in ev.itertuples():
@@ -246,7 +248,7 @@ def test_numbers_come_from_the_tables(site, run_dir):
         for f, c in zip(r.bin_fractions, r.bin_counts):
             assert f">{100 * f:.1f}%</text>" in plot and f"{100 * f:.1f}% of {c:,} positions" in plot
         assert ("rises with the activation" in plot) == bool(r.rising)
-        assert f"On {r.n_positions:,} positions" in plot
+        assert f"On {r.n_positions:,} positions" in plot and "10 equal-width bins, the sparse top ones merged to at least 100 positions" in plot
 
 
 def _big_site(run_dir, tmp_path):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ctxlookup.stats import ablation_comparison, figure5, figure6, score_statistics, subset_counts
+from ctxlookup.stats import ablation_comparison, figure5, figure6, rising_comparison, score_statistics, subset_counts
 
 
 def test_score_statistics_against_scipy():
@@ -49,6 +49,24 @@ def test_ablation_comparison_and_ks():
     assert c.attrs["ks"]["D"] == pytest.approx(k.statistic) and c.attrs["ks"]["p"] == pytest.approx(k.pvalue)
     with pytest.raises(ValueError, match="active"):
         ablation_comparison(pd.DataFrame(rows).assign(active=None))
+
+
+def test_rising_comparison_against_the_hypergeometric_tail():
+    """Fisher's one-sided p by hand: the probability, with the margins fixed, of the next-token
+    group having at least as many rising neurons (a hypergeometric tail summed with math.comb)."""
+    from math import comb
+
+    ev = pd.DataFrame(dict(group=["next_token"] * 12 + ["random"] * 10 + ["other"] * 3,
+                           rising=[True] * 7 + [False] * 5 + [True] * 2 + [False] * 8 + [True] * 3))
+    r = rising_comparison(ev)
+    n, k, total = 12, 7 + 2, 12 + 10
+    want = sum(comb(total - n, k - x) * comb(n, x) for x in range(7, min(n, k) + 1)) / comb(total, k)
+    assert (r["rising"], r["neurons"], r["baseline_rising"], r["baseline_neurons"]) == (7, 12, 2, 10)
+    assert r["p"] == pytest.approx(want, rel=1e-12) and r["odds_ratio"] == pytest.approx((7 * 8) / (5 * 2))
+    none = rising_comparison(ev[ev.group != "random"])
+    assert none["baseline_neurons"] == 0 and np.isnan(none["p"]) and np.isnan(none["odds_ratio"])
+    with pytest.raises(ValueError, match="rising"):
+        rising_comparison(ev.drop(columns="rising"))
 
 
 def test_figures_are_written(tmp_path):

@@ -293,7 +293,8 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
     ``fraction_top_bin``, ``bin_spearman`` (Spearman correlation of bin rank with the bin's top
     fraction; NaN with fewer than 3 bins or a constant fraction), and ``rising``: ``n_top > 0``,
     ``bin_spearman >= 0.8`` and a top-bin fraction at least twice the lowest bin's.
-    ``df.attrs["n_docs"]``: the documents read (at most ``max_docs``). ``progress``: a tqdm bar.
+    ``df.attrs``: ``n_docs`` (the documents read, at most ``max_docs``), ``bins``, ``binning`` and
+    ``min_positions`` as given. ``progress``: a tqdm bar.
     """
     if isinstance(neurons, pd.DataFrame):
         pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int)))
@@ -336,5 +337,5 @@ def next_token_evidence(model, neurons, corpus, bins: int = 10, binning: str = "
                      tuple(float(x) for x in frac), tuple(int(x) for x in counts), tuple(float(x) for x in edges),
                      float(frac[0]), float(frac[-1]), float(rho), rising))
     df = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
-    df.attrs["n_docs"] = n_docs
+    df.attrs.update(n_docs=n_docs, bins=int(bins), binning=binning, min_positions=int(min_positions))
     return df

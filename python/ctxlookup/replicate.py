@@ -16,7 +16,8 @@ Stages, in order (each is also a subcommand; running one runs what it needs firs
 ``stats``          statistics, Tables 3 and 4, Figures 5 and 6
 ``evidence``       not the paper's: the an-neuron post's check of every neuron on the test corpus
                    (``next_token_evidence``: does its activation predict its token being the top
-                   prediction?); ``--evidence-docs`` documents (500; 0 skips it)
+                   prediction?), and are the next-token neurons so more often than the random
+                   ones (Fisher's exact test)? ``--evidence-docs`` documents (500; 0 skips it)
 =================  ============================================================================
 
 A run directory holds every stage's tables (Parquet and CSV), the figures, the LLM response cache
@@ -466,13 +467,16 @@ class Run:
         from .anneuron import EVIDENCE_COLUMNS, next_token_evidence
 
         neurons = self._unique_neurons()
-        n, docs = int(self.opts.evidence_docs), 0
+        from .stats import rising_comparison
+
+        n, docs, binning = int(self.opts.evidence_docs), 0, {}
         if n == 0 or not len(neurons):
             ev = pd.DataFrame(columns=EVIDENCE_COLUMNS + ["group"])
         else:
             ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
                                      batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
             docs = ev.attrs["n_docs"]
+            binning = {k: ev.attrs[k] for k in ("bins", "binning", "min_positions")}
             # a row per neuron and group, as the scores (a neuron can be in both groups)
             ev = ev.merge(self.read("neurons")[["layer", "neuron", "group"]], on=["layer", "neuron"], how="left")
             ev["bin_fractions"], ev["bin_counts"], ev["bin_edges"] = (ev[c].map(list) for c in
@@ -480,15 +484,22 @@ class Run:
         self.write("evidence", ev)
         summary = {g: dict(neurons=int((ev.group == g).sum()), rising=int(ev.rising[ev.group == g].sum()))
                    for g in sorted(set(ev.group))} if len(ev) else {}
-        return {"evidence": dict(docs=docs, by_group=summary)}
+        out = dict(docs=docs, by_group=summary, **binning)
+        if {"next_token", "random"} <= set(summary):
+            out["vs_random"] = rising_comparison(ev)
+        return {"evidence": out}
 
 
 def evidence_summary(manifest: dict) -> List[str]:
     """The evidence stage's result in words, a line per neuron group (none before the stage ran)."""
     ev = manifest.get("stages", {}).get("evidence", {}).get("attrs", {}).get("evidence", {})
-    return [f"an-neuron check on {ev['docs']} test documents: {c['rising']} of {c['neurons']} {group.replace('_', '-')} "
-            f"neurons make their token the top prediction more often as they activate more"
-            for group, c in ev.get("by_group", {}).items()]
+    lines = [f"an-neuron check on {ev['docs']} test documents: {c['rising']} of {c['neurons']} {group.replace('_', '-')} "
+             f"neurons make their token the top prediction more often as they activate more"
+             for group, c in ev.get("by_group", {}).items()]
+    vs = ev.get("vs_random")
+    if vs:
+        lines.append(f"next-token vs random neurons rising: Fisher's exact test, one-sided p = {vs['p']:.2g}")
+    return lines
 
 
 def _usage_dict(client) -> dict:

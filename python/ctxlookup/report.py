@@ -1134,6 +1134,16 @@ def _evidence_row(data: RunData, layer: int, neuron: int) -> Optional[dict]:
     return data._cache["evidence_rows"].get((int(layer), int(neuron)))
 
 
+def _binning_words(data: RunData) -> str:
+    """How the run's evidence stage binned activations, in words (from the stage's record; a run
+    made before the record existed used the defaults)."""
+    ev = data.stage_attrs("evidence", "evidence")
+    bins, binning, least = ev.get("bins", 10), ev.get("binning", "width"), ev.get("min_positions", 100)
+    if binning == "quantile":
+        return f"{bins} equal-count bins"
+    return f"{bins} equal-width bins, the sparse top ones merged to at least {least} positions"
+
+
 def _evidence_html(data: RunData, layer: int, neuron: int, token: Optional[str]) -> str:
     """The an-neuron post's plot for one neuron: per activation bin, the fraction of test positions
     where the neuron's token is the model's top prediction (an inline SVG; no script)."""
@@ -1171,8 +1181,8 @@ def _evidence_html(data: RunData, layer: int, neuron: int, token: Optional[str])
     out.append("".join(parts))
     verdict = ("rises with the activation" if r["rising"] else "does not rise steadily with the activation")
     out.append(f'<p class="sub">On {int(r["n_positions"]):,} positions of the test corpus, the fraction where '
-               f'{esc(_quoted(token))} is the model\'s top prediction, by the neuron\'s activation (equal-width bins, '
-               f'the sparse top ones merged to at least 100 positions; the an-neuron post\'s plot): it '
+               f'{esc(_quoted(token))} is the model\'s top prediction, by the neuron\'s activation ({esc(_binning_words(data))}; '
+               f'the an-neuron post\'s plot): it '
                f'<b>{verdict}</b> (Spearman {esc(fmt(r["bin_spearman"], 2))} over the bins; AUC '
                f'{esc(fmt(r["auc"], 3))}: how often a position where it is top has the higher activation).</p>')
     return "\n".join(out)
@@ -1426,9 +1436,10 @@ def _evidence_cards(data: RunData) -> List[str]:
     by = ev.get("by_group") or {}
     if not by:
         return []
-    nt, rnd = by.get("next_token", {}), by.get("random", {})
+    nt, rnd, vs = by.get("next_token", {}), by.get("random", {}), ev.get("vs_random")
     v = f"{nt.get('rising', 0)}/{nt.get('neurons', 0)}" if nt else "–"
-    sub = (f"random: {rnd.get('rising', 0)}/{rnd.get('neurons', 0)}; " if rnd else "") + f"{ev.get('docs', '?')} test documents"
+    sub = ((f"random: {rnd.get('rising', 0)}/{rnd.get('neurons', 0)}; " if rnd else "") +
+           (f"Fisher's exact test, one-sided p = {vs['p']:.2g}; " if vs else "") + f"{ev.get('docs', '?')} test documents")
     return [_card("an-neuron check", esc(v), esc(f"next-token neurons rising; {sub}"))]
 
 

@@ -7,6 +7,9 @@
   come from.
 - :func:`ablation_comparison`: the §5.4 check: per head, the mean decrease of the token's
   probability on its active vs its inactive prompts, and a two-sample KS test across heads.
+- :func:`rising_comparison`: not the paper's: do the next-token neurons pass the an-neuron post's
+  check (:func:`ctxlookup.next_token_evidence`'s ``rising``) more often than the random ones?
+  Fisher's exact test, one-sided.
 - :func:`figure5`, :func:`figure6`: the two figures, saved as PNG and SVG.
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["score_statistics", "subset_counts", "ablation_comparison", "figure5", "figure6", "PUBLISHED_MEAN_E"]
+__all__ = ["score_statistics", "subset_counts", "ablation_comparison", "rising_comparison", "figure5", "figure6",
+           "PUBLISHED_MEAN_E"]
 
 PUBLISHED_MEAN_E = {"gpt2-small": 0.650, "gpt2-medium": 0.610, "gpt2-large": 0.575, "pythia-160m": 0.621,
                     "pythia-1.4b": 0.574, "gpt2-large random": 0.558}
@@ -95,6 +99,31 @@ def ablation_comparison(ablation: pd.DataFrame) -> pd.DataFrame:
         ks.update(D=float(k.statistic), p=float(k.pvalue))
     g.attrs["ks"] = ks
     return g
+
+
+def rising_comparison(evidence: pd.DataFrame, group: str = "next_token", baseline: str = "random") -> dict:
+    """Do the ``group`` neurons of an evidence table (:func:`ctxlookup.next_token_evidence` with a
+    ``group`` column, as the replicate ``evidence`` stage writes) pass the an-neuron check
+    (``rising``) more often than the ``baseline`` ones? Fisher's exact test on the 2 x 2 table
+    (group / baseline by rising / not), one-sided (``alternative="greater"``).
+
+    Returns ``{"rising": k, "neurons": n, "baseline_rising": k0, "baseline_neurons": n0,
+    "odds_ratio": ..., "p": ...}``; the test's fields are NaN when either group is empty.
+    """
+    from scipy import stats
+
+    for c in ("group", "rising"):
+        if c not in evidence.columns:
+            raise ValueError(f"the evidence table has no '{c}' column")
+    a = evidence.rising[evidence.group == group].astype(bool)
+    b = evidence.rising[evidence.group == baseline].astype(bool)
+    out = dict(rising=int(a.sum()), neurons=int(a.size), baseline_rising=int(b.sum()), baseline_neurons=int(b.size),
+               odds_ratio=np.nan, p=np.nan)
+    if a.size and b.size:
+        t = stats.fisher_exact([[out["rising"], a.size - out["rising"]], [out["baseline_rising"], b.size - out["baseline_rising"]]],
+                               alternative="greater")
+        out.update(odds_ratio=float(t.statistic), p=float(t.pvalue))
+    return out
 
 
 def _figure(figsize=(5, 3.5)):
