@@ -30,6 +30,8 @@ def test_resume_is_exact_and_export_loads(tmp_path, precision):
     assert "seed 1234" in card and "held-out loss" in card and "python -m ctxlookup.demo.train" in card
     assert ("bfloat16 mixed precision" in card) == (precision == "bf16")
     assert la["precision"] == precision
+    want_device = "GPU" if torch.cuda.is_available() else "CPU (1 threads)"  # --device auto, --threads 1
+    assert la["device"].startswith(want_device) and f"on {la['device']}" in card
     # the export: float16 weights, loaded by ctxlookup and transformers alike
     import transformers
 
@@ -39,6 +41,31 @@ def test_resume_is_exact_and_export_loads(tmp_path, precision):
     with torch.no_grad():
         want = hf(torch.tensor(toks)).logits.numpy()
     assert np.abs(model(toks) - want).max() < ATOL
+
+
+def test_cuda_requested_without_a_gpu_is_refused(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--device", "cuda", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--steps", "2"])
+    assert "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run where one is lent)")
+def test_gpu_run_tracks_the_cpu_run_and_resumes_on_the_cpu(tmp_path):
+    """Same initial weights and batches on both devices: the first loss (the same weights, only
+    the forward arithmetic differs) agrees to 1e-5; later ones drift as Adam amplifies rounding
+    differences in small gradients, within 1e-2 over 12 steps. A GPU checkpoint resumes on the CPU."""
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    assert train.main(TINY + ["--device", "cpu", "--work", str(cpu), "--out", str(cpu / "out"), "--steps", "12"]) == 0
+    assert train.main(TINY + ["--device", "cuda", "--work", str(gpu), "--out", str(gpu / "out"), "--steps", "12",
+                              "--stop-after", "6"]) == 3
+    assert train.main(TINY + ["--device", "cpu", "--work", str(gpu), "--out", str(gpu / "out"), "--steps", "12"]) == 0
+    lc = json.loads((cpu / "out" / "training.json").read_text())["log"]
+    lg = json.loads((gpu / "out" / "training.json").read_text())["log"]
+    assert abs(lg[0]["train_loss"] - lc[0]["train_loss"]) < 1e-5
+    np.testing.assert_allclose([e["train_loss"] for e in lg], [e["train_loss"] for e in lc], atol=1e-2)
 
 
 def test_only_allowed_sources():

@@ -6,7 +6,10 @@
 
 Reproducible: the tokenizer, the document order and every batch derive from ``--seed``; the run
 checkpoints every ``--checkpoint-every`` steps (model, optimizer, RNG states, step) into
-``--work`` and a rerun with the same command resumes exactly where it stopped. At the end it
+``--work`` and a rerun with the same command resumes exactly where it stopped. ``--device``: the
+CPU, or a CUDA GPU when there is one (``auto``, the default); the initial weights and every batch
+are the same on both, but the arithmetic differs, so a run is bit-for-bit reproducible on the
+same kind of device (a checkpoint resumes on either). At the end it
 writes a Hugging Face folder (``config.json``, ``model.safetensors`` in float16, tokenizer files,
 ``README.md`` model card with data, tokens seen, steps, final training and held-out loss, the
 corpus's unigram entropy, the exact command and seed) to ``--out``.
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: the GPU when torch sees one (CUDA), else the CPU")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: mixed precision (bfloat16 autocast, float32 weights and optimizer state), "
                          "~1.7x faster on CPUs with AVX512-BF16; held-out loss is always computed in float32")
@@ -118,6 +123,10 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
     os.makedirs(args.work, exist_ok=True)
     tok_dir = os.path.join(args.work, "tokenizer")
     train_path, held_path = os.path.join(args.data, "train.jsonl.gz"), os.path.join(args.data, "heldout-10k.jsonl.gz")
@@ -156,13 +165,13 @@ def main(argv=None) -> int:
                                          attention_dropout=0.0, hidden_dropout=0.0, bos_token_id=0, eos_token_id=0)
         model_class = transformers.GPTNeoXForCausalLM
     torch.manual_seed(args.seed)
-    model = model_class(cfg)
+    model = model_class(cfg).to(device)  # initialised on the CPU's generator on any device
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(args.seed)
     step, log = 0, []
     ckpt = os.path.join(args.work, "checkpoint.pt")
     if os.path.exists(ckpt):
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location="cpu")  # optimizer state follows the parameters
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -178,8 +187,8 @@ def main(argv=None) -> int:
 
     def batch_from(ids, n, g):
         starts = g.integers(0, len(ids) - args.n_ctx - 1, n)
-        x = np.stack([ids[s:s + args.n_ctx + 1] for s in starts]).astype(np.int64)
-        return torch.from_numpy(x[:, :-1]), torch.from_numpy(x[:, 1:])
+        x = torch.from_numpy(np.stack([ids[s:s + args.n_ctx + 1] for s in starts]).astype(np.int64)).to(device)
+        return x[:, :-1], x[:, 1:]
 
     @torch.no_grad()
     def held_loss(n_batches=20):
@@ -204,7 +213,7 @@ def main(argv=None) -> int:
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(step)
         x, y = batch_from(train_ids, args.batch, rng)
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             logits = model(x).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -229,7 +238,7 @@ def main(argv=None) -> int:
     # ---- export: Hugging Face folder, float16, with tokenizer and model card ----
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    model.half().save_pretrained(out, safe_serialization=True)
+    model.cpu().half().save_pretrained(out, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         with open(os.path.join(tok_dir, f), "rb") as src, open(os.path.join(out, f), "wb") as dst:
             dst.write(src.read())
@@ -240,6 +249,7 @@ def main(argv=None) -> int:
                 final_train_loss=train_recent, final_heldout_loss=held,
                 unigram_entropy_heldout=unigram_entropy(held_ids, V), vocab_size=V,
                 arch=args.arch, architecture=ARCH_TEXT[args.arch], title=TITLE[args.arch], precision=args.precision,
+                device=_device_name(device),
                 precision_text=PRECISION_TEXT[args.precision],
                 config=dict(n_layer=args.layers, n_embd=args.d_model, n_head=args.heads, n_positions=args.n_ctx),
                 excluded_sources=list(EXCLUDED_SOURCES), torch=torch.__version__, transformers=transformers.__version__)
@@ -249,6 +259,15 @@ def main(argv=None) -> int:
         f.write(MODEL_CARD.format(**card, **card["config"]))
     print(f"wrote {out}", flush=True)
     return 0
+
+
+def _device_name(device) -> str:
+    """The device in words: the GPU's name, or "CPU (n threads)"."""
+    import torch
+
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 PRECISION_TEXT = {"fp32": "float32", "bf16": "bfloat16 mixed precision (float32 weights)"}
@@ -269,7 +288,8 @@ method offline. Not a general-purpose model.
   man pages, Python standard-library code), without the GitHub-sourced parts ({excluded_sources}).
   {train_tokens} training tokens; held-out: the same sources in `heldout-10k.jsonl.gz`
   ({heldout_tokens} tokens). See `DATA_NOTICE.md` for sources and licences.
-- Training: {steps} steps, {tokens_seen} tokens seen, AdamW, cosine schedule, {precision_text}, seed {seed}.
+- Training: {steps} steps, {tokens_seen} tokens seen, AdamW, cosine schedule, {precision_text}, seed {seed},
+  on {device} (the last sitting's device, when resumed).
 - Final training loss (mean of the last 50 steps): {final_train_loss:.3f} nats/token.
 - Final held-out loss: {final_heldout_loss:.3f} nats/token, against a unigram entropy of the
   held-out tokens of {unigram_entropy_heldout:.3f} nats/token.
