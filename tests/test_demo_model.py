@@ -2,6 +2,7 @@
 trained (held-out loss far below the corpus's unigram entropy, from the model card, and recomputed
 here), ctxlookup gives transformers' numbers on them with real text, and a demo run finds heads
 active on 25-75% of some neurons' prompts and scores their explanations."""
+import functools
 import json
 import os
 
@@ -77,9 +78,14 @@ def test_demo_run_finds_context_dependent_heads(tmp_path):
     assert scores.explanation.notna().all() and np.isfinite(scores.E).any()
 
 
+@functools.lru_cache(maxsize=None)
+def _processed(name):
+    return ctxlookup.Model.from_pretrained(name, fold_ln=True, center_writing_weights=True, center_unembed=True)
+
+
 @pytest.fixture(scope="module")
 def processed_demo():
-    return ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return _processed("demo")
 
 
 @pytest.mark.parametrize("name,token_filter", list(RISING_OF_TOP_10))
@@ -91,7 +97,7 @@ def test_top_congruence_neurons_are_next_token_neurons(name, token_filter):
     positions where the neuron's token is the model's top prediction rises across the neuron's
     activation bins (next_token_evidence's ``rising``: Spearman >= 0.8 over the post's
     equal-width bins, the top bin at least twice the lowest)."""
-    model = ctxlookup.Model.from_pretrained(name, fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model = _processed(name)
     df = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, token_filter=token_filter,
                                       corpus=ctxlookup.Corpus.demo("train"))
     top = df.sort_values("congruence", ascending=False, kind="stable").head(10)

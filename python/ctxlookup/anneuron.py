@@ -143,7 +143,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
     and the model's top prediction (``[positions]``) at every position but BOS, and the number of
     documents read. ``progress``: a tqdm bar over documents."""
-    from .search import _as_corpus, _doc_tokens
+    from .search import _as_corpus, _doc_tokens, _progress
 
     neurons = [(int(l), int(i)) for l, i in neurons]
     for l, i in neurons:
@@ -155,7 +155,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
     acts, tops, buf = [], [], []
 
-    def flush(bar):
+    def flush():
         toks = [t for t in _doc_tokens(model, buf, True, max_tokens) if len(t) > 1]
         n_read = len(buf)
         buf.clear()
@@ -165,15 +165,15 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
                 n = len(t)
                 acts.append(np.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:n, i] for l, i in neurons], axis=1))
                 tops.append(logits[b, 1:n].argmax(-1))
-        bar.update(n_read)
+        if bar is not None:
+            bar.update(n_read)
 
-    from tqdm.auto import tqdm
-
-    total = corpus.count() if progress else None
-    if total is not None and max_docs is not None:
-        total = min(total, max_docs)
+    bar = None
+    if progress:
+        total = corpus.count()
+        bar = _progress(total=total if max_docs is None else min(total, max_docs), desc="next-token evidence")
     tok_count, n_docs = 0, 0
-    with tqdm(total=total, unit="doc", desc="next-token evidence", disable=not progress) as bar:
+    try:
         for doc in corpus:
             if max_docs is not None and n_docs >= max_docs:
                 break
@@ -181,10 +181,13 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
             buf.append(doc.text)
             tok_count += min(len(doc.text) // 2 + 2, max_tokens)
             if tok_count >= batch_tokens:
-                flush(bar)
+                flush()
                 tok_count = 0
         if buf:
-            flush(bar)
+            flush()
+    finally:
+        if bar is not None:
+            bar.close()
     if not acts:
         raise ValueError("the corpus gave no positions")
     return np.concatenate(acts).astype(np.float32), np.concatenate(tops), n_docs

@@ -465,10 +465,9 @@ class Run:
         the test corpus, does the neuron's activation predict its token being the model's top
         prediction (:func:`ctxlookup.next_token_evidence`)?"""
         from .anneuron import EVIDENCE_COLUMNS, next_token_evidence
-
-        neurons = self._unique_neurons()
         from .stats import rising_comparison
 
+        neurons = self._unique_neurons()
         n, docs, binning = int(self.opts.evidence_docs), 0, {}
         if n == 0 or not len(neurons):
             ev = pd.DataFrame(columns=EVIDENCE_COLUMNS + ["group"])

@@ -125,8 +125,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device("cpu" if args.device == "cpu" or not torch.cuda.is_available() else "cuda")
     os.makedirs(args.work, exist_ok=True)
     tok_dir = os.path.join(args.work, "tokenizer")
     train_path, held_path = os.path.join(args.data, "train.jsonl.gz"), os.path.join(args.data, "heldout-10k.jsonl.gz")
