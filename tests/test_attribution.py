@@ -28,10 +28,12 @@ def model(request, checkpoint):
     return ctxlookup.Model.load(checkpoint(request.param)[0], fold_ln=True, center_writing_weights=True, tokenizer=False)
 
 
+@pytest.mark.parametrize("active_rule", ["mean+2sd", "top3"])
 @pytest.mark.parametrize("rule", ["architecture", "authors"])
-def test_attribution_matches_hook_result_dot_w_in(model, rule):
+def test_attribution_matches_hook_result_dot_w_in(model, rule, active_rule):
     prompts = make_prompts(model)
-    att = head_attribution(model, prompts, rule=rule, batch_tokens=40)  # several batches
+    att = head_attribution(model, prompts, rule=rule, batch_tokens=40, active_rule=active_rule,
+                           retokenize=False)  # several batches
     H = model.cfg.n_heads
     for p in prompts.itertuples():
         toks = np.array(p.tokens)[None]
@@ -46,7 +48,10 @@ def test_attribution_matches_hook_result_dot_w_in(model, rule):
         want = np.stack([cache[f"blocks.{k}.attn.hook_result"][0] @ w for k in range(n_el)])  # (n_el, H)
         np.testing.assert_allclose(got.score.to_numpy(), want.reshape(-1), rtol=1e-4, atol=1e-4)
         s = want.reshape(-1)
-        active = s > s.mean() + 2 * s.std(ddof=1)
+        if active_rule == "mean+2sd":
+            active = s > s.mean() + 2 * s.std(ddof=1)
+        else:  # the 2023 code's torch.topk(k=3) over the eligible heads
+            active = np.isin(np.arange(s.size), np.argsort(-s)[:3])
         np.testing.assert_array_equal(got.active.to_numpy(), active)
         assert att.attrs["activation"][p.prompt_id] == pytest.approx(
             float(cache[f"blocks.{p.layer}.mlp.hook_post"][0, p.neuron]), abs=1e-5)
@@ -71,9 +76,9 @@ def test_ablation_probabilities_match_python_hook(model):
     prompts = make_prompts(model, n=6, seed=2)
     prompts["layer"] = model.cfg.n_layers - 1
     prompts["neuron"] = 3
-    att = head_attribution(model, prompts)
+    att = head_attribution(model, prompts, retokenize=False)
     heads = pd.DataFrame([dict(layer=model.cfg.n_layers - 1, neuron=3, head_layer=0, head=1)])
-    res = ablate_heads(model, prompts, heads, attribution=att)
+    res = ablate_heads(model, prompts, heads, attribution=att, retokenize=False)
     assert len(res) == 6
     for r in res.itertuples():
         p = prompts[prompts.prompt_id == r.prompt_id].iloc[0]
@@ -119,3 +124,31 @@ def test_scanner_matches_brute_force_topk_with_ties(model):
         np.testing.assert_allclose(st["act"][j][:len(want)], [-w[0] for w in want], atol=1e-5)
     if 3 in st["doc"][0] and 7 in st["doc"][0]:
         assert list(st["doc"][0]).index(3) < list(st["doc"][0]).index(7)
+
+
+def test_retokenized_inputs_are_bos_and_the_text_encoded_again(text_model_dir):
+    """Protocols paper and authors-2023: attribution and ablation run BOS + to_tokens(text) like the
+    authors' notebooks, and the ablation's probability is that of the neuron token re-encoded."""
+    from ctxlookup.attribution import prompt_tokens
+
+    m = ctxlookup.Model.load(text_model_dir, fold_ln=True)
+    texts = ["The cat sat on the mat.  And then", "Numbers: 1 2 3 4 and so", "x"]
+    enc = m.tokenizer.encode_batch(texts)
+    prompts = pd.DataFrame(dict(layer=2, neuron=[5, 6, 7], prompt_id=[0, 1, 2], text=texts,
+                                tokens=[[1, 2], [3], [4]], token=[" on", " the", " cat"],
+                                token_id=[m.to_single_token(t) for t in (" on", " the", " cat")]))
+    toks = prompt_tokens(m, prompts, retokenize=True)
+    for t, e in zip(toks, enc):
+        assert t.tolist() == [m.bos_token_id] + list(e)
+    att = head_attribution(m, prompts)  # default protocol: paper
+    assert att.attrs["retokenize"] and att.attrs["active_rule"] == "mean+2sd" and att.attrs["rule"] == "authors"
+    for p, t in zip(prompts.itertuples(), toks):
+        _, cache = m.run_with_cache(t[None], pos="last", names_filter=lambda n: "hook_result" in n)
+        w = m.W_in[2][:, p.neuron].astype(np.float64)
+        want = np.stack([cache[f"blocks.{k}.attn.hook_result"][0] @ w for k in range(2)]).reshape(-1)
+        np.testing.assert_allclose(att[att.prompt_id == p.prompt_id].score.to_numpy(), want, rtol=1e-4, atol=1e-4)
+    res = ablate_heads(m, prompts, pd.DataFrame([dict(layer=2, neuron=6, head_layer=1, head=0)]), attribution=att)
+    lg = m.run_with_hooks(toks[1][None])[0, -1].astype(np.float64)
+    pr = np.exp(lg - lg.max())
+    pr /= pr.sum()
+    assert res.p_clean.iloc[0] == pytest.approx(pr[m.to_single_token(" the")], rel=1e-4)

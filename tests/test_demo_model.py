@@ -99,7 +99,7 @@ def test_top_congruence_neurons_are_next_token_neurons(name, token_filter):
     equal-width bins, the top bin at least twice the lowest)."""
     model = _processed(name)
     df = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, token_filter=token_filter,
-                                      corpus=ctxlookup.Corpus.demo("train"))
+                                      corpus=ctxlookup.Corpus.demo("train"), protocol="ctxlookup")
     top = df.sort_values("congruence", ascending=False, kind="stable").head(10)
     ev = ctxlookup.next_token_evidence(model, top, ctxlookup.Corpus.demo("test"), max_docs=None)  # all 450
     assert ev.rising.sum() >= RISING_OF_TOP_10[name, token_filter], ev[["layer", "neuron", "token_id", "bin_fractions"]]
@@ -124,7 +124,7 @@ def test_selected_neurons_rise_more_often_than_random_ones(processed_demo):
     layers = ctxlookup.neurons.default_layers(model)[0]
     groups = []
     for tf in RISING_OF_SELECTION:
-        groups.append(ctxlookup.next_token_neurons(model, layers=layers, top_k=20, token_filter=tf,
+        groups.append(ctxlookup.next_token_neurons(model, layers=layers, top_k=20, token_filter=tf, protocol="ctxlookup",
                                                    corpus=ctxlookup.Corpus.demo("train")).assign(group="next_token", reading=tf))
         groups.append(ctxlookup.random_neurons(model, layers=layers, n=20, seed=0, token_filter=tf).assign(group="random", reading=tf))
     frame = pd.concat(groups, ignore_index=True)
@@ -147,7 +147,7 @@ def test_a_token_frequency_neuron_and_remove_frequency(processed_demo):
     train = ctxlookup.Corpus.demo("train")
     counts = ctxlookup.neurons.token_counts(model, train)  # as the default glitch check: all 900 documents
     glitch = ctxlookup.detect_glitch_tokens(model, counts=counts)
-    raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch)
+    raw = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch, protocol="ctxlookup")
     top_raw = raw.sort_values("congruence", ascending=False, kind="stable").head(10)
     W = np.stack([model.W_out[l][n] for l, n in zip(top_raw.layer, top_raw.neuron)]).astype(np.float64)
     f = np.log(counts + 1.0)
@@ -156,7 +156,8 @@ def test_a_token_frequency_neuron_and_remove_frequency(processed_demo):
     pat -= pat.mean(1, keepdims=True)
     r = (pat @ f) / (np.linalg.norm(pat, axis=1) * np.linalg.norm(f))
     assert (r < -0.55).any(), r
-    proj = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch, remove_frequency=counts)
+    proj = ctxlookup.next_token_neurons(model, layers=range(model.cfg.n_layers), top_k=10, glitch=glitch, remove_frequency=counts,
+                                        protocol="ctxlookup")
     top_proj = proj.sort_values("congruence", ascending=False, kind="stable").head(10)
     assert set(zip(top_proj.layer, top_proj.neuron)) != set(zip(top_raw.layer, top_raw.neuron))
     assert top_proj.congruence.max() < top_raw.congruence.max()

@@ -89,7 +89,7 @@ def test_scan_resumes_from_checkpoint(model, corpus, tmp_path):
 
 def test_exact_truncation_against_exhaustive_search(model, corpus):
     ma = max_activating(model, NEURONS, corpus, k=4, progress=False)
-    tr = truncate(model, ma, corpus, method="exact", max_prompt_tokens=60)
+    tr = truncate(model, ma, corpus, method="exact", max_prompt_tokens=60, protocol="ctxlookup")
     docs = corpus.get(ma.doc_id.unique())
     kept = 0
     for r in ma.itertuples():
@@ -112,25 +112,45 @@ def test_exact_truncation_against_exhaustive_search(model, corpus):
     assert tr.attrs["dropped"]["too_long"] + tr.attrs["dropped"]["non_positive"] == len(ma) - kept
 
 
+def _authors_trunc(model, toks, layer, neuron, og_act, act_ratio=0.8):
+    """find_truncated_texts' loop (code-2023/src/neuron_texts.py) written out: floor midpoint, strict
+    '>', start 0 and the last position never probed, the activation of the last probe recorded."""
+    start, end = 0, len(toks) - 1
+    mid = (start + end) // 2
+    if start == mid:
+        return mid, og_act
+    last = None
+    while start != mid:
+        last = act_at_last(model, toks[mid:], layer, neuron)
+        if last > act_ratio * og_act:
+            start = mid
+        else:
+            end = mid
+        mid = (start + end) // 2
+    return mid, last
+
+
 def test_binary_truncation_is_the_authors_search(model, corpus):
-    ma = max_activating(model, NEURONS[:2], corpus, k=3, progress=False)
+    ma = max_activating(model, NEURONS, corpus, k=4, progress=False)
     tr = truncate(model, ma, corpus, method="binary")
-    assert tr.attrs["prepend_bos"] is False
+    assert tr.attrs["prepend_bos"] is False and tr.attrs["newlines"] == "lf"  # the default protocol: paper
+    pd.testing.assert_frame_equal(tr, truncate(model, ma, corpus))
     docs = corpus.get(ma.doc_id.unique())
+    n_checked = 0
     for r in ma.itertuples():
         toks = model.tokenizer.encode(docs[r.doc_id].text)[: r.position + 1]
-        lo, hi = 0, len(toks) - 1  # the largest start whose suffix (no BOS) keeps >= 80%
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if act_at_last(model, toks[mid:], r.layer, r.neuron) >= 0.8 * r.activation:
-                lo = mid
-            else:
-                hi = mid - 1
+        start, act = _authors_trunc(model, toks, r.layer, r.neuron, r.activation)
         got = tr[(tr.layer == r.layer) & (tr.neuron == r.neuron) & (tr.doc_id == r.doc_id)]
-        if len(toks) - lo >= 100 or r.activation <= 0:
+        if len(toks) - start >= 100 or r.activation <= 0:
             assert len(got) == 0
         else:
-            assert got.iloc[0].start == lo
+            n_checked += 1
+            g = got.iloc[0]
+            assert g.start == start and list(g.tokens) == list(toks[start:])
+            assert g.probe_activation == pytest.approx(act, abs=1e-4)  # the authors' trunc_act
+            assert g.activation == pytest.approx(act_at_last(model, toks[start:], r.layer, r.neuron), abs=1e-4)
+            assert g.text == model.tokenizer.decode(toks[start:]).replace("\n", " ")
+    assert n_checked > 5
 
 
 def test_bad_input(model, corpus, tmp_path):

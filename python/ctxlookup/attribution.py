@@ -16,7 +16,9 @@ import pandas as pd
 
 from . import _core
 
-__all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers"]
+__all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers", "active_heads"]
+
+ACTIVE_RULES = ("mean+2sd", "top3")
 
 
 def eligible_layers(model, layer: int, rule: str) -> int:
@@ -32,8 +34,23 @@ def eligible_layers(model, layer: int, rule: str) -> int:
     raise ValueError(f"rule must be 'architecture' or 'authors', got '{rule}'")
 
 
-def prompt_tokens(model, prompts: pd.DataFrame) -> list:
-    """Each prompt's model input: its ``tokens``, after BOS when the prompts were made with one."""
+def prompt_tokens(model, prompts: pd.DataFrame, retokenize: bool = False) -> list:
+    """Each prompt's model input: its ``tokens``, after BOS when the prompts were made with one.
+
+    ``retokenize=True`` (the authors', protocols ``paper`` and ``authors-2023``): BOS and the
+    prompt's ``text`` encoded again, as their attribution and ablation ran ``to_tokens(text)`` on
+    the truncated text after its line breaks became spaces (which can tokenize differently from
+    the truncated tokens)."""
+    if retokenize:
+        if "text" not in prompts.columns:
+            raise ValueError("retokenize needs the prompts' 'text' column")
+        if model.bos_token_id is None:
+            raise ValueError("retokenize prepends BOS, but the model has no BOS token")
+        encoded = model._need_tokenizer().encode_batch(list(prompts["text"]))
+        out = [np.concatenate([[model.bos_token_id], e]).astype(np.int32) for e in encoded]
+        if any(len(a) == 1 for a in out):
+            raise ValueError("a prompt has no tokens")
+        return out
     bos = prompts.attrs.get("prepend_bos", True)
     head = [model.bos_token_id] if bos else []
     if bos and model.bos_token_id is None:
@@ -45,6 +62,22 @@ def prompt_tokens(model, prompts: pd.DataFrame) -> list:
             raise ValueError("a prompt has no tokens")
         out.append(a)
     return out
+
+
+def active_heads(scores: np.ndarray, active_rule: str = "mean+2sd") -> np.ndarray:
+    """Which of one prompt's eligible heads are active, from their scores (flattened, in
+    ``layer * n_heads + head`` order). ``"mean+2sd"``: score > mean + 2 sample standard deviations
+    (ddof=1; the paper, the 2024 code); ``"top3"``: the 3 largest scores (the recorded 2023 data,
+    ``torch.topk(k=3)``; ties to the lower index)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if active_rule == "mean+2sd":
+        thr = s.mean() + 2 * s.std(ddof=1) if s.size > 1 else np.inf
+        return s > thr
+    if active_rule == "top3":
+        out = np.zeros(s.shape, bool)
+        out[np.argsort(-s, kind="stable")[:3]] = True
+        return out
+    raise ValueError(f"active_rule must be one of {', '.join(ACTIVE_RULES)}, got '{active_rule}'")
 
 
 def _batches(lengths, batch_tokens):
@@ -59,17 +92,30 @@ def _batches(lengths, batch_tokens):
         i = j
 
 
-def head_attribution(model, prompts: pd.DataFrame, rule: str = "architecture", batch_tokens: int = 16384) -> pd.DataFrame:
+def head_attribution(model, prompts: pd.DataFrame, rule: Optional[str] = None, batch_tokens: int = 16384,
+                     active_rule: Optional[str] = None, retokenize: Optional[bool] = None,
+                     protocol: str = "paper") -> pd.DataFrame:
     """Long DataFrame ``[layer, neuron, prompt_id, head_layer, head, score, active]``, one row per
     prompt and eligible head. ``prompts``: the output of :func:`ctxlookup.truncate` (``layer,
-    neuron, prompt_id, tokens``). ``df.attrs["activation"]`` maps prompt_id to the neuron's
-    activation at the last token, recomputed in the same pass.
+    neuron, prompt_id, tokens``, and ``text`` to retokenize). ``df.attrs["activation"]`` maps
+    prompt_id to the neuron's activation at the last token, recomputed in the same pass.
+
+    ``rule`` (eligible heads, :func:`eligible_layers`), ``active_rule`` (:func:`active_heads`) and
+    ``retokenize`` (:func:`prompt_tokens`) default to the ``protocol``'s (:mod:`ctxlookup.protocols`).
     """
+    from . import protocols
+
+    proto = protocols.get(protocol)
+    rule = proto.rule if rule is None else rule
+    active_rule = proto.active_rule if active_rule is None else active_rule
+    retokenize = proto.retokenize if retokenize is None else bool(retokenize)
+    if active_rule not in ACTIVE_RULES:
+        raise ValueError(f"active_rule must be one of {', '.join(ACTIVE_RULES)}, got '{active_rule}'")
     for c in ("layer", "neuron", "prompt_id", "tokens"):
         if c not in prompts.columns:
             raise ValueError(f"prompts need a '{c}' column")
     H = model.cfg.n_heads
-    toks = prompt_tokens(model, prompts)
+    toks = prompt_tokens(model, prompts, retokenize)
     lengths = np.array([len(t) for t in toks])
     layers = prompts["layer"].to_numpy(np.int32)
     neurons = prompts["neuron"].to_numpy(np.int32)
@@ -85,27 +131,32 @@ def head_attribution(model, prompts: pd.DataFrame, rule: str = "architecture", b
         n_el = eligible_layers(model, int(layers[i]), rule)
         if n_el == 0:
             continue
-        s = scores[i, :n_el].reshape(-1).astype(np.float64)
-        thr = s.mean() + 2 * s.std(ddof=1) if s.size > 1 else np.inf
+        s = scores[i, :n_el].reshape(-1)
         frames.append(pd.DataFrame({
             "layer": int(layers[i]), "neuron": int(neurons[i]), "prompt_id": pids[i],
             "head_layer": np.repeat(np.arange(n_el), H), "head": np.tile(np.arange(H), n_el),
-            "score": s.astype(np.float32), "active": s > thr}))
+            "score": s, "active": active_heads(s, active_rule)}))
     cols = ["layer", "neuron", "prompt_id", "head_layer", "head", "score", "active"]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    df.attrs.update(rule=rule, activation=dict(zip(pids.tolist(), acts.tolist())),
+    df.attrs.update(rule=rule, active_rule=active_rule, retokenize=retokenize,
+                    activation=dict(zip(pids.tolist(), acts.tolist())),
                     no_eligible_heads=int(sum(eligible_layers(model, int(l), rule) == 0 for l in layers)))
     return df[cols]
 
 
-def select_heads(attribution: pd.DataFrame, low: float = 0.25, high: float = 0.75) -> pd.DataFrame:
+def select_heads(attribution: pd.DataFrame, low: float = 0.25, high: Optional[float] = 0.75,
+                 low_strict: bool = False) -> pd.DataFrame:
     """Heads active on a fraction of a neuron's prompts within ``[low, high]`` (both inclusive):
-    ``[layer, neuron, head_layer, head, active_fraction, n_prompts]``."""
-    if not 0 <= low <= high <= 1:
+    ``[layer, neuron, head_layer, head, active_fraction, n_prompts]``. ``high=None``: no upper
+    bound; ``low_strict=True``: active on more than ``low`` of the prompts (the 2023 code's
+    ``count > 0.25 n``, protocol ``authors-2023``)."""
+    hi = 1.0 if high is None else high
+    if not 0 <= low <= hi <= 1:
         raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
     g = attribution.groupby(["layer", "neuron", "head_layer", "head"], sort=True)["active"]
     df = g.agg(active_fraction="mean", n_prompts="size").reset_index()
-    sel = df[(df.active_fraction >= low - 1e-12) & (df.active_fraction <= high + 1e-12)]
+    above = df.active_fraction > low + 1e-12 if low_strict else df.active_fraction >= low - 1e-12
+    sel = df[above & (df.active_fraction <= hi + 1e-12)]
     return sel.reset_index(drop=True)
 
 
@@ -118,21 +169,34 @@ def _softmax_prob(logits_last: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
 
 
 def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution: Optional[pd.DataFrame] = None,
-                 mode: str = "zero", mean_z: Optional[np.ndarray] = None, batch_tokens: int = 16384) -> pd.DataFrame:
-    """The ablation check: for each selected neuron-head pair and each of the neuron's prompts,
-    the probability of the neuron's token at the last position with and without the head
-    (``hook_z`` zeroed, or replaced by ``mean_z`` with ``mode="mean"``).
+                 mode: str = "zero", mean_z: Optional[np.ndarray] = None, batch_tokens: int = 16384,
+                 retokenize: Optional[bool] = None, protocol: str = "paper") -> pd.DataFrame:
+    """The ablation check (§5.4): for each selected neuron-head pair and each of the neuron's
+    prompts, the probability of the neuron's token at the last position with and without the head
+    (``hook_z`` zeroed, or replaced by ``mean_z`` with ``mode="mean"``). Zeroing ``hook_z`` is the
+    authors' zeroing of the head's value vectors (``hook_v[:, :, head]``): the pattern-weighted sum
+    of zero vectors is zero. The paper ablates on the **test** prompts, with each head's activity
+    from the test attribution: pass those.
 
     Returns ``[layer, neuron, head_layer, head, prompt_id, p_clean, p_ablated, decrease, active]``
-    (``active`` from ``attribution`` when given). ``prompts`` need ``token_id`` (the neuron's token).
+    (``active`` from ``attribution`` when given). ``prompts`` need ``token_id`` (the neuron's
+    token). With ``retokenize`` (default: the ``protocol``'s) the inputs are BOS + the prompt's
+    text encoded again and the probability is that of the first token of the neuron's token
+    string encoded again, as the authors' notebook computed both.
     """
+    from . import protocols
+
+    retokenize = protocols.get(protocol).retokenize if retokenize is None else bool(retokenize)
     if "token_id" not in prompts.columns:
         raise ValueError("prompts need a 'token_id' column (the neuron's token)")
-    toks = prompt_tokens(model, prompts)
+    toks = prompt_tokens(model, prompts, retokenize)
     lengths = np.array([len(t) for t in toks])
     by_neuron = {k: np.nonzero(((prompts.layer == k[0]) & (prompts.neuron == k[1])).to_numpy())[0]
                  for k in set(zip(prompts.layer, prompts.neuron))}
     token_ids = prompts["token_id"].to_numpy(np.int64)
+    if retokenize and "token" in prompts.columns:
+        first = {t: int(e[0]) for t, e in zip(*_unique_encoded(model, prompts["token"]))}
+        token_ids = np.array([first[t] for t in prompts["token"]], np.int64)
 
     def last_probs(idx, **kw):
         out = np.empty(len(idx))
@@ -159,5 +223,14 @@ def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution:
                          clean[(h.layer, h.neuron)][j] - abl[j], act))
     df = pd.DataFrame(rows, columns=["layer", "neuron", "head_layer", "head", "prompt_id", "p_clean", "p_ablated",
                                      "decrease", "active"])
-    df.attrs.update(mode=mode)
+    df.attrs.update(mode=mode, retokenize=retokenize)
     return df
+
+
+def _unique_encoded(model, tokens):
+    uniq = sorted(set(tokens))
+    enc = model._need_tokenizer().encode_batch(uniq)
+    for t, e in zip(uniq, enc):
+        if len(e) == 0:
+            raise ValueError(f"the neuron token {t!r} encodes to no tokens")
+    return uniq, enc

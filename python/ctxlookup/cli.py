@@ -18,6 +18,10 @@ def _add_replicate(sub):
     p = sub.add_parser("replicate", help="run the paper's method end to end (resumable)",
                        description="Run the paper's method end to end; a STAGE runs everything up to it.")
     p.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
+    p.add_argument("--protocol", choices=["paper", "authors-2023", "ctxlookup"], default=d.protocol,
+                   help="which version of the procedure: the paper's (the authors' 2024 code), the authors' recorded "
+                        "2023 run, or ctxlookup's improvements; the options below override single rules "
+                        "(default: %(default)s; see the README's protocol table)")
     p.add_argument("--model", default=d.model, help="checkpoint folder, Hugging Face repo id or alias (gpt2, pythia-160m, ...), or 'demo' (default)")
     p.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
     p.add_argument("--corpus", help="corpus for prompts (JSONL[.gz], Parquet, folder of .txt); demo: bundled")
@@ -25,8 +29,8 @@ def _add_replicate(sub):
     p.add_argument("--layers", type=_ints, help="comma-separated layers (default: METHOD per model size)")
     p.add_argument("--neurons-per-layer", type=int, help="next-token neurons per layer (default: METHOD per model size)")
     p.add_argument("--random-per-layer", type=int, default=d.random_per_layer)
-    p.add_argument("--prompts-per-neuron", type=int, default=d.prompts_per_neuron)
-    p.add_argument("--test-prompts-per-neuron", type=int, default=d.test_prompts_per_neuron)
+    p.add_argument("--prompts-per-neuron", type=int, help="train prompts per neuron (default: the protocol's, 20; authors-2023: 30)")
+    p.add_argument("--test-prompts-per-neuron", type=int, help="test prompts per neuron (default: the protocol's, 10; authors-2023: 20)")
     p.add_argument("--table3", type=_ints, default=d.table3, help="prompt counts for Table 3 (default 10,20,30; '' for none)")
     p.add_argument("--explainer", choices=["offline", "openai"], default=d.explainer)
     p.add_argument("--llm-model", default=d.llm_model)
@@ -41,8 +45,14 @@ def _add_replicate(sub):
                    help="project the token-frequency direction (counted on the prompts' corpus) out of each neuron's "
                         "output weights before the congruence (not the paper's; for small models whose top neurons "
                         "are frequency neurons)")
-    p.add_argument("--rule", choices=["architecture", "authors"], default=d.rule)
-    p.add_argument("--truncation", choices=["exact", "binary"], default=d.truncation)
+    p.add_argument("--rule", choices=["architecture", "authors"],
+                   help="eligible heads: 'authors' (layers below the neuron's) or 'architecture' (every head that can "
+                        "reach the MLP input) (default: the protocol's; ctxlookup: architecture)")
+    p.add_argument("--active-rule", choices=["mean+2sd", "top3"],
+                   help="when a head is active on a prompt (default: the protocol's; authors-2023: top3)")
+    p.add_argument("--truncation", choices=["exact", "binary"],
+                   help="'binary': the authors' search; 'exact': the shortest suffix keeping 80%% "
+                        "(default: the protocol's; ctxlookup: exact)")
     p.add_argument("--ablation", choices=["zero", "mean"], default=d.ablation)
     p.add_argument("--evidence-docs", type=int, default=d.evidence_docs,
                    help="test-corpus documents for the an-neuron check of every neuron (default %(default)s; 0 skips it)")

@@ -222,16 +222,33 @@ def _scores(W, U, allowed, top):
 def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Optional[int] = None,
                        direction: str = "unembed", token_filter: Optional[str] = "whole_word",
                        exclude_glitch: bool = True, top_tokens: int = 5, glitch: Optional[pd.DataFrame] = None,
-                       corpus=None, remove_frequency=None) -> pd.DataFrame:
+                       corpus=None, remove_frequency=None, token_rule: Optional[str] = None,
+                       protocol: str = "paper") -> pd.DataFrame:
     """The ``top_k`` neurons per layer with the largest congruence to a candidate token.
 
     Returns a DataFrame with columns ``layer, neuron, token_id, token, congruence, rank`` (rank
     within its layer, 0 = most congruent) and ``top_token_ids, top_tokens, top_congruences`` (the
-    neuron's best ``top_tokens`` candidates). ``token_filter="whole_word"`` keeps tokens that start
-    with a space and are longer than 2 characters (the authors'); None keeps every token.
-    With ``exclude_glitch``, tokens from :func:`detect_glitch_tokens` (run with ``corpus``, the
-    corpus the prompts will come from, when given; or the table ``glitch``) are not candidates; ``df.attrs["excluded_tokens"]`` lists them with reasons and
-    ``df.attrs["excluded_neurons"]`` the neurons that would have been selected through one.
+    neuron's best ``top_tokens`` candidates).
+
+    ``token_rule`` (default: the ``protocol``'s, see :mod:`ctxlookup.protocols`) says how a
+    neuron gets its token:
+
+    - ``"skip"`` (protocols ``paper`` and ``authors-2023``; the authors' ``find_neurons``): the
+      neuron's token is its argmax over **all** tokens; neurons are taken in order of that score,
+      and a neuron whose token fails ``token_filter`` is skipped (``df.attrs["skipped_neurons"]``
+      lists the ones met before the layer's ``top_k`` were found, with their tokens), as is one
+      whose token is a glitch token (``df.attrs["excluded_neurons"]``; the authors rejected such
+      neurons by hand).
+    - ``"rename"`` (protocol ``ctxlookup``): only tokens passing ``token_filter`` and not glitch
+      tokens are candidates, so every neuron is named after its best such token.
+
+    ``token_filter="whole_word"`` accepts tokens that start with a space and are longer than 2
+    characters (the authors'); None accepts every token. With ``exclude_glitch``, tokens from
+    :func:`detect_glitch_tokens` (run with ``corpus``, the corpus the prompts will come from, when
+    given; or the table ``glitch``) are not accepted; ``df.attrs["excluded_tokens"]`` lists them
+    with reasons. Every value in ``df.attrs`` is JSON-serialisable (lists of records, not
+    DataFrames), so ``to_parquet`` round-trips; ``pd.DataFrame(df.attrs["excluded_tokens"])``
+    gives the table.
 
     ``remove_frequency`` (not the paper's; default None): a corpus, or per-token counts. Each
     neuron's output weights lose their component along :func:`frequency_direction` before the
@@ -242,6 +259,11 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
     records ``frequency_direction`` and, per selected neuron, the correlation its raw logit
     pattern had with log frequency (column ``frequency_r``).
     """
+    from . import protocols
+
+    token_rule = protocols.get(protocol).token_rule if token_rule is None else token_rule
+    if token_rule not in ("skip", "rename"):
+        raise ValueError(f"token_rule must be 'skip' or 'rename', got '{token_rule}'")
     d_layers, d_top = default_layers(model)
     layers = _check_layers(model, d_layers if layers is None else layers)
     top_k = d_top if top_k is None else int(top_k)
@@ -271,45 +293,77 @@ def next_token_neurons(model, layers: Optional[Iterable[int]] = None, top_k: Opt
     if freq_dir is not None:
         U64 = np.asarray(U, dtype=np.float64)  # (d_vocab, d_model)
         g, G, ssum = U64.T @ f, U64.T @ U64, U64.sum(0)
-    rows, excluded_neurons = [], []
+    rows, excluded_neurons, skipped_neurons = [], [], []
+    bad = set(excluded_tokens["token_id"].tolist()) if exclude_glitch else set()
+
+    def neuron_record(layer, n, ids, vals):
+        t = int(ids[n, 0])
+        return dict(layer=layer, neuron=int(n), token_id=t, token=strings[t], congruence=float(vals[n, 0]))
+
     for layer in layers:
         W = _layer_weights(model, layer, freq_dir)
-        ids, vals = _scores(W, U, clean, top_tokens)
-        order = np.lexsort((np.arange(len(vals)), -vals[:, 0]))[:top_k]
+        if token_rule == "rename":
+            ids, vals = _scores(W, U, clean, top_tokens)
+            order = np.lexsort((np.arange(len(vals)), -vals[:, 0]))[:top_k]
+        else:  # the authors': the argmax over all tokens names the neuron; skip it when that token is not accepted
+            ids, vals = _scores(W, U, None, top_tokens)
+            picked = []
+            for n in np.lexsort((np.arange(len(vals)), -vals[:, 0])):
+                t = int(ids[n, 0])
+                if not allowed[t]:
+                    skipped_neurons.append(neuron_record(layer, n, ids, vals))
+                elif t in bad:
+                    excluded_neurons.append(neuron_record(layer, n, ids, vals))
+                else:
+                    picked.append(int(n))
+                    if len(picked) == top_k:
+                        break
+            order = np.asarray(picked, dtype=np.int64)
         if freq_dir is not None:  # correlation of each selected neuron's raw logit pattern w @ U^T with f
             Wr = np.asarray(model.W_out[layer][order], dtype=np.float64)
             num = Wr @ g  # f is centred, so the pattern's mean drops out
             var = np.einsum("kd,de,ke->k", Wr, G, Wr) - (Wr @ ssum) ** 2 / V
             r_of = dict(zip(order.tolist(), num / (np.sqrt(np.maximum(var, 1e-300)) * np.linalg.norm(f))))
         for rank, n in enumerate(order):
-            rows.append(dict(layer=layer, neuron=int(n), token_id=int(ids[n, 0]), token=strings[ids[n, 0]],
-                             congruence=float(vals[n, 0]), rank=rank, top_token_ids=[int(i) for i in ids[n]],
+            rows.append(dict(neuron_record(layer, n, ids, vals), rank=rank, top_token_ids=[int(i) for i in ids[n]],
                              top_tokens=[strings[i] for i in ids[n]], top_congruences=[float(v) for v in vals[n]],
                              **({"frequency_r": float(r_of[int(n)])} if freq_dir is not None else {})))
-        if exclude_glitch and len(excluded_tokens):
+        if token_rule == "rename" and bad:  # the neurons that would have been selected through a glitch token
             ids_all, vals_all = _scores(W, U, allowed, 1)
-            order_all = np.lexsort((np.arange(len(vals_all)), -vals_all[:, 0]))[:top_k]
-            bad = set(excluded_tokens["token_id"].tolist())
-            for n in order_all:
+            for n in np.lexsort((np.arange(len(vals_all)), -vals_all[:, 0]))[:top_k]:
                 if int(ids_all[n, 0]) in bad:
-                    excluded_neurons.append(dict(layer=layer, neuron=int(n), token_id=int(ids_all[n, 0]),
-                                                 token=strings[ids_all[n, 0]], congruence=float(vals_all[n, 0])))
+                    excluded_neurons.append(neuron_record(layer, n, ids_all, vals_all))
     cols = ["layer", "neuron", "token_id", "token", "congruence", "rank", "top_token_ids", "top_tokens", "top_congruences"]
     df = pd.DataFrame(rows, columns=cols + (["frequency_r"] if freq_dir is not None else []))
-    df.attrs.update(direction=direction, token_filter=token_filter, exclude_glitch=exclude_glitch,
-                    frequency_direction=freq_dir,
-                    excluded_tokens=excluded_tokens,
-                    excluded_neurons=pd.DataFrame(excluded_neurons, columns=["layer", "neuron", "token_id", "token",
-                                                                             "congruence"]))
+    df.attrs.update(direction=direction, token_filter=token_filter, token_rule=token_rule, exclude_glitch=exclude_glitch,
+                    frequency_direction=None if freq_dir is None else [float(x) for x in freq_dir],
+                    excluded_tokens=_records(excluded_tokens), excluded_neurons=excluded_neurons,
+                    skipped_neurons=skipped_neurons)
     return df
 
 
+def _records(df: pd.DataFrame) -> list:
+    """A table as JSON-serialisable records (NaN as None), for ``DataFrame.attrs``."""
+    out = []
+    for rec in df.to_dict(orient="records"):
+        out.append({k: (None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v)
+                    for k, v in rec.items()})
+    return out
+
+
 def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, seed: int = 0,
-                   direction: str = "unembed", token_filter: Optional[str] = "whole_word",
-                   remove_frequency=None) -> pd.DataFrame:
+                   direction: str = "unembed", token_filter: Optional[str] = "protocol",
+                   remove_frequency=None, protocol: str = "paper") -> pd.DataFrame:
     """The §5.2.2 baseline: ``n`` neurons per layer drawn uniformly without replacement (seeded),
     each with its most congruent candidate token. Same columns as :func:`next_token_neurons`;
-    ``remove_frequency`` as there (the tokens are then assigned after the projection)."""
+    ``remove_frequency`` as there (the tokens are then assigned after the projection).
+    ``token_filter``: the candidate tokens, None (every token: the authors' baseline, protocols
+    ``paper`` and ``authors-2023``) or ``"whole_word"`` (protocol ``ctxlookup``); by default the
+    ``protocol``'s."""
+    from . import protocols
+
+    if token_filter == "protocol":
+        token_filter = protocols.get(protocol).random_token_filter
     d_layers, _ = default_layers(model)
     layers = _check_layers(model, d_layers if layers is None else layers)
     if not 1 <= n <= model.cfg.d_mlp:
@@ -329,7 +383,8 @@ def random_neurons(model, layers: Optional[Iterable[int]] = None, n: int = 20, s
                              rank=rank, top_token_ids=[int(x) for x in i], top_tokens=[strings[x] for x in i],
                              top_congruences=[float(x) for x in v]))
     df = pd.DataFrame(rows)
-    df.attrs.update(direction=direction, seed=seed, baseline="random", frequency_direction=freq_dir)
+    df.attrs.update(direction=direction, seed=seed, baseline="random", token_filter=token_filter,
+                    frequency_direction=None if freq_dir is None else [float(x) for x in freq_dir])
     return df
 
 

@@ -62,6 +62,9 @@ OUTPUTS = {
 }
 
 
+EXCLUDED_TOKEN_COLUMNS = ["token_id", "token", "reason", "norm_z"]
+
+
 class RunMismatch(ValueError):
     """The output folder holds a run made with other options or other model files: resuming it
     would mix two runs' tables."""
@@ -73,13 +76,15 @@ class Options:
 
     model: str = "demo"
     out: str = "runs/replicate"
+    protocol: str = "paper"                       # ctxlookup.protocols: "paper", "authors-2023" or "ctxlookup"
     corpus: Optional[str] = None
     test_corpus: Optional[str] = None
     layers: Optional[List[int]] = None            # default: METHOD §2 per model size
     neurons_per_layer: Optional[int] = None       # default: METHOD §2 per model size
     random_per_layer: int = 20
-    prompts_per_neuron: int = 20
-    test_prompts_per_neuron: int = 10
+    # None: the protocol's rule (ctxlookup.protocols); a value overrides it
+    prompts_per_neuron: Optional[int] = None
+    test_prompts_per_neuron: Optional[int] = None
     table3: Optional[List[int]] = field(default_factory=lambda: [10, 20, 30])
     explainer: str = "offline"                    # "offline" or "openai"
     llm_model: str = "gpt-4-1106-preview"
@@ -90,12 +95,13 @@ class Options:
     process_weights: bool = True                  # fold_ln, center_writing_weights, center_unembed, fold_value_biases
     direction: str = "unembed"
     remove_frequency: bool = False                # not the paper's: see neurons.next_token_neurons
-    rule: str = "architecture"
-    truncation: str = "exact"
+    rule: Optional[str] = None                    # eligible heads: "authors" or "architecture"
+    active_rule: Optional[str] = None             # "mean+2sd" or "top3"
+    truncation: Optional[str] = None              # "binary" or "exact"
     keep: float = 0.8
     max_prompt_tokens: int = 100
-    low: float = 0.25
-    high: float = 0.75
+    low: Optional[float] = None
+    high: Optional[float] = None
     ablation: str = "zero"
     evidence_docs: int = 500                      # test-corpus documents for the an-neuron check (0: skip it)
     max_docs: Optional[int] = None                # cap each corpus (quick runs)
@@ -145,7 +151,14 @@ class Run:
     def __init__(self, opts: Options):
         if int(opts.evidence_docs) < 0:
             raise ValueError(f"evidence_docs must be >= 0 (0 skips the an-neuron check), got {opts.evidence_docs}")
+        from . import protocols
+
         self.opts = opts
+        # the protocol's rules, with the options that override single rules
+        self.protocol = protocols.get(opts.protocol, rule=opts.rule, active_rule=opts.active_rule,
+                                      truncation=opts.truncation, low=opts.low, high=opts.high,
+                                      prompts_per_neuron=opts.prompts_per_neuron,
+                                      test_prompts_per_neuron=opts.test_prompts_per_neuron)
         self.dir = os.path.abspath(opts.out)
         os.makedirs(self.dir, exist_ok=True)
         self.manifest_path = os.path.join(self.dir, "manifest.json")
@@ -172,6 +185,7 @@ class Run:
 
         return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
+                    protocol=self.protocol.as_dict(),
                     templates=dict(explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE),
                     seeds=dict(random_neurons=self.opts.seed),
                     python=sys.version.split()[0], platform=platform.platform(),
@@ -303,15 +317,20 @@ class Run:
         counts = token_counts(m, self.corpus("train"))  # the prompts' corpus: glitch check and frequency direction
         freq = counts if self.opts.remove_frequency else None
         nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction,
-                                glitch=detect_glitch_tokens(m, counts=counts), remove_frequency=freq)
+                                glitch=detect_glitch_tokens(m, counts=counts), remove_frequency=freq,
+                                token_rule=self.protocol.token_rule)
         rnd = random_neurons(m, layers=layers, n=min(self.opts.random_per_layer, m.cfg.d_mlp), seed=self.opts.seed,
-                             direction=self.opts.direction, remove_frequency=freq)
+                             direction=self.opts.direction, remove_frequency=freq,
+                             token_filter=self.protocol.random_token_filter)
         cols = ["layer", "neuron", "token_id", "token", "congruence", "rank"]
         neurons = pd.concat([nt[cols].assign(group="next_token"), rnd[cols].assign(group="random")], ignore_index=True)
         self.write("neurons", neurons)
-        self.write("excluded_tokens", nt.attrs["excluded_tokens"].astype({"token": "object"}))
-        return {"neurons": dict(layers=list(map(int, layers)), per_layer=int(top),
-                                excluded_neurons=nt.attrs["excluded_neurons"].to_dict(orient="records"))}
+        self.write("excluded_tokens", pd.DataFrame(nt.attrs["excluded_tokens"], columns=EXCLUDED_TOKEN_COLUMNS
+                                                   ).astype({"token": "object"}))
+        # like the authors' rejected_neurons_with_token: the neurons passed over, with their tokens
+        return {"neurons": dict(layers=list(map(int, layers)), per_layer=int(top), token_rule=nt.attrs["token_rule"],
+                                excluded_neurons=nt.attrs["excluded_neurons"],
+                                skipped_neurons=nt.attrs["skipped_neurons"])}
 
     def _unique_neurons(self) -> pd.DataFrame:
         return self.read("neurons").drop_duplicates(["layer", "neuron"])[["layer", "neuron", "token_id", "token"]]
@@ -326,20 +345,27 @@ class Run:
         return {name: {k2: v for k2, v in ma.attrs.items()}}
 
     def _stage_scan(self):
-        counts = [self.opts.prompts_per_neuron] + list(self.opts.table3 or [])
+        counts = [self.protocol.scan_k, self.protocol.prompts_per_neuron] + list(self.opts.table3 or [])
         return self._scan("train", max(counts), "max_acts")
 
     def _stage_test_scan(self):
-        return self._scan("test", self.opts.test_prompts_per_neuron, "test_max_acts")
+        # the authors kept 30 test documents and used the first n that survived truncation
+        p = self.protocol
+        k = max(p.scan_k, p.test_prompts_per_neuron) if p.count_after_drop else p.test_prompts_per_neuron
+        return self._scan("test", k, "test_max_acts")
 
     def _truncate(self, src: str, name: str, which: str):
         from .search import truncate
 
         ma = self.read(src)
         tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
-                      method=self.opts.truncation)
+                      method=self.protocol.truncation, newlines=self.protocol.newlines)
+        attrs = dict(tr.attrs)
+        if name == "test_prompts":
+            tr = self._first_prompts(tr, self.protocol.test_prompts_per_neuron)
+            attrs["kept_per_neuron"] = self.protocol.test_prompts_per_neuron
         self.write(name, tr)
-        return {name: dict(tr.attrs)}
+        return {name: attrs}
 
     def _stage_truncate(self):
         return self._truncate("max_acts", "prompts", "train")
@@ -352,15 +378,25 @@ class Run:
 
         out = {}
         for src, name in (("prompts", "attribution"), ("test_prompts", "test_attribution")):
-            att = head_attribution(self.model, self.read(src), rule=self.opts.rule)
+            p = self.protocol
+            att = head_attribution(self.model, self.read(src), rule=p.rule, active_rule=p.active_rule,
+                                   retokenize=p.retokenize)
             att.attrs.pop("activation", None)
             self.write(name, att)
             out[name] = dict(att.attrs)
         return out
 
+    def _first_prompts(self, p: pd.DataFrame, n: Optional[int]) -> pd.DataFrame:
+        """Each neuron's first ``n`` prompts: the first n kept after truncation (the authors'
+        ``prompts[:n]``, protocols paper and authors-2023), or those of scan rank < n."""
+        if n is None:
+            return p
+        if self.protocol.count_after_drop:
+            return p[p.sort_values("rank", kind="stable").groupby(["layer", "neuron"]).cumcount().reindex(p.index) < n]
+        return p[p["rank"] < n]
+
     def _prompts_upto(self, n: Optional[int]) -> pd.DataFrame:
-        p = self.read("prompts")
-        return p if n is None else p[p["rank"] < n]
+        return self._first_prompts(self.read("prompts"), n)
 
     def _select(self, n: Optional[int]) -> pd.DataFrame:
         from .attribution import select_heads
@@ -368,7 +404,8 @@ class Run:
         prompts = self._prompts_upto(n)
         att = self.read("attribution")
         att = att[att.prompt_id.isin(prompts.prompt_id)]
-        heads = select_heads(att, self.opts.low, self.opts.high)
+        p = self.protocol
+        heads = select_heads(att, p.low, p.high, low_strict=p.low_strict)
         groups = self.read("neurons")[["layer", "neuron", "group"]]
         return heads.merge(groups, on=["layer", "neuron"], how="left")
 
@@ -381,7 +418,7 @@ class Run:
         return {}
 
     def _prompt_counts(self) -> list:
-        return sorted(set([self.opts.prompts_per_neuron] + list(self.opts.table3 or [])))
+        return sorted(set([self.protocol.prompts_per_neuron] + list(self.opts.table3 or [])))
 
     def _stage_explain(self):
         from .explain import explain_heads
@@ -391,7 +428,8 @@ class Run:
             h = heads[heads.n_prompts_per_neuron == n].drop_duplicates(["layer", "neuron", "head_layer", "head"])
             prompts = self._prompts_upto(n)
             att = self.read("attribution")
-            ex = explain_heads(h, prompts, att[att.prompt_id.isin(prompts.prompt_id)], self.client, stage=f"explain-{n}")
+            ex = explain_heads(h, prompts, att[att.prompt_id.isin(prompts.prompt_id)], self.client, stage=f"explain-{n}",
+                               version=self.protocol.template_version, temperature=self.protocol.temperature)
             rows.append(ex.assign(n_prompts_per_neuron=n))
         self.write("explanations", pd.concat(rows, ignore_index=True))
         return {}
@@ -402,8 +440,10 @@ class Run:
         ex, rows, preds = self.read("explanations"), [], []
         for n in self._prompt_counts():
             e = ex[ex.n_prompts_per_neuron == n].reset_index(drop=True)
+            p = self.protocol
             sc, pr = score_explanations(e, self.read("test_prompts"), self.read("test_attribution"), self.client,
-                                        stage=f"classify-{n}", return_predictions=True)
+                                        stage=f"classify-{n}", return_predictions=True, version=p.template_version,
+                                        one_class=p.one_class, parse=p.parse, temperature=p.temperature)
             rows.append(sc)
             preds.append(pr)
         scores = pd.concat(rows, ignore_index=True).merge(
@@ -417,33 +457,36 @@ class Run:
         from .attribution import ablate_heads
         from .stats import ablation_comparison
 
-        n = self.opts.prompts_per_neuron
+        n = self.protocol.prompts_per_neuron
         heads = self.read("heads")
         heads = heads[(heads.n_prompts_per_neuron == n) & (heads.group == "next_token")]
         heads = heads.drop_duplicates(["layer", "neuron", "head_layer", "head"])
-        prompts = self._prompts_upto(n)
-        att = self.read("attribution")
+        if self.protocol.ablation_prompts == "test":  # §5.4: the test prompts, activity from their attribution
+            prompts, att = self.read("test_prompts"), self.read("test_attribution")
+        else:
+            prompts, att = self._prompts_upto(n), self.read("attribution")
         ab = ablate_heads(self.model, prompts, heads, attribution=att[att.prompt_id.isin(prompts.prompt_id)],
-                          mode=self.opts.ablation)
+                          mode=self.opts.ablation, retokenize=self.protocol.retokenize)
         self.write("ablation", ab)
         comp = ablation_comparison(ab) if len(ab) else pd.DataFrame(
             columns=["layer", "neuron", "head_layer", "head", "mean_decrease_active", "mean_decrease_inactive"])
         ks = comp.attrs.get("ks", {})
         self.write("ablation_by_head", comp)
-        return {"ablation_by_head": {"ks": ks}}
+        return {"ablation_by_head": {"ks": ks, "prompts": self.protocol.ablation_prompts}}
 
     def _stage_stats(self):
         from .stats import figure5, figure6, score_statistics, subset_counts
 
-        scores, n = self.read("scores"), self.opts.prompts_per_neuron
+        scores, n, ddof = self.read("scores"), self.protocol.prompts_per_neuron, self.protocol.ddof
         main = scores[scores.n_prompts_per_neuron == n]
         model_E = main[main.group == "next_token"].E
         rand_E = main[main.group == "random"].E
-        stats = pd.concat([score_statistics(model_E, rand_E, label=f"{self.opts.model} next-token neurons"),
-                           score_statistics(rand_E, label=f"{self.opts.model} random neurons")], ignore_index=True)
+        stats = pd.concat([score_statistics(model_E, rand_E, label=f"{self.opts.model} next-token neurons", ddof=ddof),
+                           score_statistics(rand_E, label=f"{self.opts.model} random neurons", ddof=ddof)],
+                          ignore_index=True)
         self.write("statistics", stats)
         t3 = pd.concat([score_statistics(scores[(scores.n_prompts_per_neuron == c) & (scores.group == "next_token")].E,
-                                         label=str(c)).assign(prompts_per_neuron=c)
+                                         label=str(c), ddof=ddof).assign(prompts_per_neuron=c)
                         for c in self._prompt_counts()], ignore_index=True)
         self.write("table3", t3)
         heads = self.read("heads")
@@ -453,10 +496,10 @@ class Run:
         t4 = subset_counts(prompts, self.read("attribution"), heads)
         self.write("table4", t4.assign(subsets=t4.subsets.map(lambda s: ",".join(map(str, s)))))
         figs = figure5(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
-                       title=f"Head explanation scores ({self.opts.model})")
+                       title=f"Head explanation scores ({self.opts.model})", style=self.protocol.figure_style)
         comp = self.read("ablation_by_head")
         comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
-        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"))
+        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"), style=self.protocol.figure_style)
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
 

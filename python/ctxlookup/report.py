@@ -479,9 +479,23 @@ class RunData:
         return self.manifest.get("stages", {}).get(stage, {}).get("attrs", {}).get(table, {}) or {}
 
     @property
+    def protocol(self) -> dict:
+        """The run's protocol rules (``ctxlookup.protocols``); a run made before protocols existed
+        followed today's ``ctxlookup`` rules with its own options."""
+        from . import protocols
+
+        rec = self.manifest.get("protocol")
+        if rec:
+            return rec
+        o = self.options
+        return protocols.get("ctxlookup", rule=o.get("rule"), truncation=o.get("truncation"), low=o.get("low"),
+                             high=o.get("high"), prompts_per_neuron=o.get("prompts_per_neuron"),
+                             test_prompts_per_neuron=o.get("test_prompts_per_neuron")).as_dict()
+
+    @property
     def main_n(self) -> int:
         """Prompts per neuron of the main analysis (the statistics, Figure 5, the ablation)."""
-        return int(self.options.get("prompts_per_neuron") or 20)
+        return int(self.protocol.get("prompts_per_neuron") or 20)
 
     @property
     def model_name(self) -> str:
@@ -627,7 +641,7 @@ class RunData:
                 bounds = np.flatnonzero(np.diff(pid)) + 1
                 for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(pid)]):
                     s = sc[lo:hi]
-                    thr = float(s.mean() + 2 * s.std(ddof=1)) if hi - lo > 1 else float("inf")
+                    thr = _active_threshold(s, self.protocol.get("active_rule", "mean+2sd"))
                     out[int(pid[lo])] = (thr, {(int(a), int(b)): (float(c), bool(d))
                                                for a, b, c, d in zip(hl[lo:hi], hh[lo:hi], s, ac[lo:hi])})
             self._cache[key] = out
@@ -1118,8 +1132,8 @@ def _attribution_grid(data: RunData, links: _Links, layer: int, neuron: int, exs
         body.append(f"<tr><th>L{hl}</th>{''.join(cells)}</tr>")
     return (f'<table class="grid"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
             f'<p class="sub">How often each head is active on the neuron\'s {len(pids)} main prompts (hover for the '
-            f'mean attribution). Outlined: heads selected for an explanation (active on {_pct(data.options.get("low", .25))}'
-            f'\u2013{_pct(data.options.get("high", .75))} of the prompts).</p>')
+            f'mean attribution). Outlined: heads selected for an explanation (active on {_pct(data.protocol.get("low", .25))}'
+            f'\u2013{_pct(data.protocol.get("high", .75))} of the prompts).</p>')
 
 
 def _evidence_row(data: RunData, layer: int, neuron: int) -> Optional[dict]:
@@ -1875,3 +1889,13 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+
+def _active_threshold(scores, active_rule: str) -> float:
+    """The score a head had to exceed to count as active on a prompt under ``active_rule`` (for
+    display; the attribution table's ``active`` column is the record): mean + 2 sample std, or,
+    for ``top3``, just below the third largest score."""
+    s = np.asarray(scores, dtype=np.float64)
+    if active_rule == "top3":
+        return float(np.nextafter(np.sort(s)[-3], -np.inf)) if s.size >= 3 else float("-inf")
+    return float(s.mean() + 2 * s.std(ddof=1)) if s.size > 1 else float("inf")

@@ -201,23 +201,43 @@ def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384):
 
 
 def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_prompt_tokens: int = 100,
-             method: str = "exact", prepend_bos: Optional[bool] = None, chunk: int = 16) -> pd.DataFrame:
+             method: Optional[str] = None, prepend_bos: Optional[bool] = None, chunk: int = 16,
+             newlines: Optional[str] = None, protocol: str = "paper") -> pd.DataFrame:
     """Truncated prompts: ``[layer, neuron, prompt_id, rank, doc_id, subset, text, tokens, n_tokens,
     activation, full_activation, start]`` (plus ``token_id, token`` when ``max_acts`` has them).
 
-    ``method="exact"`` (default): the shortest suffix of the prompt whose activation at its last
-    token is at least ``keep`` x psi, found by evaluating candidate starts from the shortest suffix
-    up, ``chunk`` lengths at a time for every prompt together, with no monotonicity assumed; only
-    suffixes shorter than ``max_prompt_tokens`` are candidates, since longer ones are dropped
-    anyway. ``method="binary"``: the authors' binary search over the start position (assumes
-    the activation falls monotonically as tokens are dropped). ``prepend_bos`` defaults to True
-    for exact (as psi was measured) and False for binary (the authors ran truncated prompts
-    without BOS). ``tokens`` holds the prompt's ids without BOS; ``text`` is its decoded text with
-    line breaks as spaces. Prompts of ``max_prompt_tokens`` or more tokens, and prompts whose psi is
-    not positive, are dropped; ``df.attrs["dropped"]`` counts them.
+    ``method`` and ``newlines`` default to the ``protocol``'s (:mod:`ctxlookup.protocols`).
+
+    ``method="exact"`` (protocol ``ctxlookup``): the shortest suffix of the prompt whose
+    activation at its last token is at least ``keep`` x psi, found by evaluating candidate starts
+    from the shortest suffix up, ``chunk`` lengths at a time for every prompt together, with no
+    monotonicity assumed; only suffixes shorter than ``max_prompt_tokens`` are candidates, since
+    longer ones are dropped anyway; ``activation`` is the kept suffix's.
+
+    ``method="binary"`` (protocols ``paper`` and ``authors-2023``): the authors' search
+    (``find_truncated_texts``) step for step: ``start = 0``, ``end = n - 1``, probe the floor
+    midpoint, keep it as the new start when the activation is strictly greater than ``keep`` x psi,
+    else make it the new end, until the midpoint equals the start; start 0 and the last position
+    are never probed, and a prompt of at most 2 tokens keeps start 0 unprobed. The extra column
+    ``probe_activation`` is what the authors recorded as ``trunc_act``: the activation of the *last
+    probe*, which can belong to a start that was rejected (psi itself when nothing was probed);
+    ``activation`` is, for both methods, the kept prompt's own activation at its last token.
+
+    ``prepend_bos`` defaults to True for exact (as psi was measured) and False for binary (the
+    authors ran truncated prompts without BOS). ``tokens`` holds the prompt's ids without BOS;
+    ``text`` is its decoded text with line breaks as spaces: ``newlines="lf"`` replaces "\\n" only
+    (the authors'), ``"all"`` also "\\r\\n" and "\\r". Prompts of ``max_prompt_tokens`` or more tokens,
+    and prompts whose psi is not positive, are dropped; ``df.attrs["dropped"]`` counts them.
     """
+    from . import protocols
+
+    proto = protocols.get(protocol)
+    method = proto.truncation if method is None else method
+    newlines = proto.newlines if newlines is None else newlines
     if method not in ("exact", "binary"):
         raise ValueError(f"method must be 'exact' or 'binary', got '{method}'")
+    if newlines not in ("lf", "all"):
+        raise ValueError(f"newlines must be 'lf' or 'all', got '{newlines}'")
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     prepend_bos = (method == "exact") if prepend_bos is None else prepend_bos
@@ -264,19 +284,20 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
                     pending.discard(i)
             pending = {i for i in pending if len(prompts[i]) >= hi}
         dropped["too_long"] = sum(1 for i in live if starts[i] < 0)
-    else:
+    else:  # the authors' search, every prompt's probe of a round in one batch
         lo_s = {i: 0 for i in live}
         hi_s = {i: len(prompts[i]) - 1 for i in live}
+        probe = {i: float(rows[i].activation) for i in live}  # psi when nothing is probed
         while True:
-            active = [i for i in live if lo_s[i] < hi_s[i]]
-            if not active:
+            mids = [(i, (lo_s[i] + hi_s[i]) // 2) for i in live if (lo_s[i] + hi_s[i]) // 2 != lo_s[i]]
+            if not mids:
                 break
-            mids = [(i, (lo_s[i] + hi_s[i] + 1) // 2) for i in active]
             for (i, m), a in zip(mids, evaluate(mids)):
-                if a >= thresholds[i]:
+                probe[i] = float(a)
+                if a > thresholds[i]:
                     lo_s[i] = m
                 else:
-                    hi_s[i] = m - 1
+                    hi_s[i] = m
         for i in live:
             if len(prompts[i]) - lo_s[i] < max_prompt_tokens:
                 starts[i] = lo_s[i]
@@ -288,17 +309,21 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
     out = []
     for pid, (i, a) in enumerate(zip(keep_idx, final)):
         r, t = rows[i], prompts[i][int(starts[i]):]
-        text = tok.decode(t).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+        text = tok.decode(t).replace("\n", " ") if newlines == "lf" else \
+            tok.decode(t).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
         rec = dict(layer=r.layer, neuron=r.neuron, prompt_id=pid, rank=getattr(r, "rank", None), doc_id=r.doc_id,
                    subset=getattr(r, "subset", None), text=text, tokens=[int(x) for x in t], n_tokens=len(t),
                    activation=float(a), full_activation=float(r.activation), start=int(starts[i]))
+        if method == "binary":
+            rec["probe_activation"] = probe[i]
         for c in ("token_id", "token"):
             if hasattr(r, c):
                 rec[c] = getattr(r, c)
         out.append(rec)
     cols = ["layer", "neuron", "prompt_id", "rank", "doc_id", "subset", "text", "tokens", "n_tokens", "activation",
-            "full_activation", "start"] + [c for c in ("token_id", "token") if c in max_acts.columns]
+            "full_activation", "start"] + (["probe_activation"] if method == "binary" else []) + \
+        [c for c in ("token_id", "token") if c in max_acts.columns]
     df = pd.DataFrame(out, columns=cols)
     df.attrs.update(method=method, keep=keep, max_prompt_tokens=max_prompt_tokens, prepend_bos=bool(prepend_bos),
-                    dropped=dropped)
+                    newlines=newlines, dropped=dropped)
     return df
