@@ -32,29 +32,47 @@ def _valid(scores) -> np.ndarray:
     return s[np.isfinite(s)]
 
 
-def score_statistics(scores, baseline=None, label: str = "model") -> pd.DataFrame:
-    """One row: ``[label, n_heads, mean, std, skew, skewtest_z, skewtest_p, ks_D, ks_p]``.
+STATISTICS_COLUMNS = ["label", "n_heads", "mean", "std", "skew", "skewtest_z", "skewtest_p", "skew_p_greater",
+                      "skew_p_less", "ks_D", "ks_p"]
 
-    ``scores``: explanation scores E (NaN, e.g. one-class heads, are left out). ``std`` is the
-    sample standard deviation (ddof=1). ``skewtest`` needs at least 8 scores (NaN otherwise);
-    the KS columns need ``baseline`` (the random-neuron scores).
+
+def score_statistics(scores, baseline=None, label: str = "model", ddof: int = 1) -> pd.DataFrame:
+    """One row: ``[label, n_heads, mean, std, skew, skewtest_z, skewtest_p, skew_p_greater,
+    skew_p_less, ks_D, ks_p]``.
+
+    ``scores``: explanation scores E (NaN, e.g. one-class heads, are left out).
+
+    - ``std``: ``np.std(ddof=ddof)``; ``ddof=1`` (default) the sample standard deviation,
+      ``ddof=0`` the authors' ``np.std`` (the paper's and the recorded data's numbers).
+    - ``skew``: ``scipy.stats.skew`` (biased, as the authors). The paper reads it as Fig. 5's
+      caption says: a *negative* skew means the mass lies to the right of the mean (many heads
+      with high E, a tail of low ones), the good direction for explanations; a positive skew (the
+      random-neuron baseline's +0.230) the opposite.
+    - ``skewtest_z``: ``scipy.stats.skewtest``'s z (needs at least 8 scores; NaN otherwise).
+      ``skew_p_greater``: its p-value for ``alternative="greater"`` (H1: skew > 0), the test the
+      authors printed; ``skew_p_less``: for ``alternative="less"`` (H1: skew < 0, the paper's good
+      direction). ``skewtest_p`` repeats ``skew_p_greater`` (kept for older readers).
+    - ``ks_D``, ``ks_p``: two-sample Kolmogorov-Smirnov test against ``baseline`` (the
+      random-neuron scores); NaN without one.
     """
     from scipy import stats
 
     s = _valid(scores)
     row = dict(label=label, n_heads=int(s.size), mean=float(s.mean()) if s.size else np.nan,
-               std=float(s.std(ddof=1)) if s.size > 1 else np.nan,
+               std=float(s.std(ddof=ddof)) if s.size > ddof else np.nan,
                skew=float(stats.skew(s)) if s.size > 2 else np.nan, skewtest_z=np.nan, skewtest_p=np.nan,
-               ks_D=np.nan, ks_p=np.nan)
+               skew_p_greater=np.nan, skew_p_less=np.nan, ks_D=np.nan, ks_p=np.nan)
     if s.size >= 8:
-        t = stats.skewtest(s, alternative="greater")
-        row.update(skewtest_z=float(t.statistic), skewtest_p=float(t.pvalue))
+        g = stats.skewtest(s, alternative="greater")
+        le = stats.skewtest(s, alternative="less")
+        row.update(skewtest_z=float(g.statistic), skewtest_p=float(g.pvalue), skew_p_greater=float(g.pvalue),
+                   skew_p_less=float(le.pvalue))
     if baseline is not None:
         b = _valid(baseline)
         if s.size and b.size:
             k = stats.ks_2samp(s, b)
             row.update(ks_D=float(k.statistic), ks_p=float(k.pvalue))
-    return pd.DataFrame([row])
+    return pd.DataFrame([row], columns=STATISTICS_COLUMNS)
 
 
 def subset_counts(prompts: pd.DataFrame, attribution: pd.DataFrame, heads: pd.DataFrame,
@@ -80,18 +98,26 @@ def subset_counts(prompts: pd.DataFrame, attribution: pd.DataFrame, heads: pd.Da
 
 
 def ablation_comparison(ablation: pd.DataFrame) -> pd.DataFrame:
-    """Per head: mean decrease of the token's probability on its active and on its inactive
-    prompts; ``df.attrs["ks"]`` holds the two-sample KS test across heads (active vs inactive
-    means) as ``{"D": ..., "p": ..., "n_active": ..., "n_inactive": ...}``."""
+    """The §5.4 check as the authors compute it: per head, the mean decrease of the token's
+    probability (``decrease = p_clean - p_ablated``, not its absolute value) on the head's active
+    prompts and on its inactive ones (``np.mean`` in the column's dtype; NaN where a head has no
+    such prompt); ``df.attrs["ks"]`` holds ``scipy.stats.ks_2samp`` of the active means against
+    the inactive means across heads, NaN means left out of each list, as
+    ``{"D": ..., "p": ..., "n_active": ..., "n_inactive": ...}``.
+
+    ``ablation``: ``[layer, neuron, head_layer, head, decrease, active]`` rows, one per head and
+    prompt (:func:`ctxlookup.ablate_heads` with ``attribution``)."""
     from scipy import stats
 
     if ablation["active"].isna().any():
         raise ValueError("ablation results need the 'active' column (pass attribution to ablate_heads)")
-    g = ablation.groupby(["layer", "neuron", "head_layer", "head", "active"])["decrease"].mean().unstack("active")
-    g = g.rename(columns={True: "mean_decrease_active", False: "mean_decrease_inactive"}).reset_index()
-    for c in ("mean_decrease_active", "mean_decrease_inactive"):
-        if c not in g.columns:
-            g[c] = np.nan
+    keys = ["layer", "neuron", "head_layer", "head"]
+    rows = []
+    for k, g in ablation.groupby(keys, sort=True):
+        d = g["decrease"].to_numpy()
+        m = g["active"].to_numpy(bool)
+        rows.append((*k, np.mean(d[m]) if m.any() else np.nan, np.mean(d[~m]) if (~m).any() else np.nan))
+    g = pd.DataFrame(rows, columns=keys + ["mean_decrease_active", "mean_decrease_inactive"])
     a, i = _valid(g.mean_decrease_active), _valid(g.mean_decrease_inactive)
     ks = dict(D=np.nan, p=np.nan, n_active=int(a.size), n_inactive=int(i.size))
     if a.size and i.size:
@@ -145,8 +171,27 @@ def _save(fig, path_base: str) -> list:
     return out
 
 
-def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Head explanation scores") -> list:
-    """Histogram of E for the model's heads (and the random-neuron baseline); PNG and SVG paths."""
+def _fmt_p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else f"{p:.3g}"
+
+
+def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Head explanation scores",
+            style: str = "overlay") -> list:
+    """Figure 5; PNG and SVG paths.
+
+    ``style="overlay"`` (default): one histogram of E (20 bins) for the model's heads, with the
+    random-neuron ``baseline`` overlaid. ``style="paper"``: the paper's form (the authors' 2024
+    ``7_results.ipynb``): one panel per model, a histogram with 9 bins over [0, 1]
+    (``np.linspace(0, 1, 10)``), the right three bars highlighted, titled "Distribution of Head
+    Explanation Scores" with the model's name, the skewness, the mean and the KS p-value against
+    ``baseline`` (when given; the baseline gets its own panel, without a KS value, as Fig. 5d).
+    ``scores``: an array of E, or for several models a dict ``{name: E}`` (one panel each);
+    ``title`` names the single model's panel.
+    """
+    if style not in ("overlay", "paper"):
+        raise ValueError(f"style must be 'overlay' or 'paper', got {style!r}")
+    if style == "paper":
+        return _figure5_paper(scores, baseline, path_base, title)
     fig, ax = _figure()
     bins = np.linspace(0, 1, 21)
     s = _valid(scores)
@@ -161,9 +206,48 @@ def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Hea
     return _save(fig, path_base)
 
 
-def figure6(comparison: pd.DataFrame, path_base: str = "figure6", title: str = "Ablation: probability decrease") -> list:
-    """Distribution across heads of the mean probability decrease after ablation, on active vs
-    inactive prompts; PNG and SVG paths."""
+PAPER_FIGURE5_BINS = np.linspace(0, 1, 10)  # 9 bins, as the authors' 2024 7_results.ipynb
+
+
+def _figure5_paper(scores, baseline, path_base: str, title: str) -> list:
+    from matplotlib.figure import Figure
+
+    panels = list(scores.items()) if isinstance(scores, dict) else [(title, scores)]
+    if baseline is not None:
+        panels.append(("random neurons", None))
+    fig = Figure(figsize=(5 * len(panels), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (name, sc) in zip(axes, panels):
+        is_base = sc is None
+        s = _valid(baseline if is_base else sc)
+        st = score_statistics(s, None if is_base else baseline).iloc[0]
+        _, _, bars = ax.hist(s, PAPER_FIGURE5_BINS, linewidth=0.5, edgecolor="black")
+        for bar in list(bars)[-3:]:
+            bar.set_facecolor((1.0, 0.5, 0.5))
+        lines = [f"Skewness = {st['skew']:+.3f}", f"Mean = {st['mean']:.3f}"]
+        if not is_base and baseline is not None:
+            lines.append(f"KS p-value = {_fmt_p(st['ks_p'])}")
+        ax.set_title(f"Distribution of Head Explanation Scores\n{name} (n={s.size})\n" + "\n".join(lines), fontsize=9)
+        ax.set_xlabel("Head Explanation Score")
+        ax.set_ylabel("Number of Heads")
+        ax.set_xlim(0, 1)
+    return _save(fig, path_base)
+
+
+def figure6(comparison, path_base: str = "figure6", title: str = "Ablation: probability decrease",
+            style: str = "histogram") -> list:
+    """Figure 6; PNG and SVG paths. ``comparison``: :func:`ablation_comparison`'s table, or for
+    several models a dict ``{name: table}``.
+
+    ``style="histogram"`` (default): the distribution across heads of the mean probability decrease
+    after ablation, active vs inactive prompts, overlaid. ``style="paper"``: the paper's form (the
+    authors' ``8_head_ablation.ipynb``): box plots of the per-head mean decrease, active and
+    inactive side by side for each model, a dashed line at 0, the KS p-value in each label.
+    """
+    if style not in ("histogram", "paper"):
+        raise ValueError(f"style must be 'histogram' or 'paper', got {style!r}")
+    if style == "paper":
+        return _figure6_paper(comparison, path_base, title)
     fig, ax = _figure()
     a, i = _valid(comparison.mean_decrease_active), _valid(comparison.mean_decrease_inactive)
     lo = min([0.0] + list(a) + list(i))
@@ -178,4 +262,25 @@ def figure6(comparison: pd.DataFrame, path_base: str = "figure6", title: str = "
     ax.set_ylabel("heads")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+    return _save(fig, path_base)
+
+
+def _figure6_paper(comparison, path_base: str, title: str) -> list:
+    panels = list(comparison.items()) if isinstance(comparison, dict) else [("", comparison)]
+    fig, ax = _figure(figsize=(max(5.0, 2.2 * len(panels)), 4))
+    data, labels = [], []
+    for name, comp in panels:
+        ks = comp.attrs.get("ks", {})
+        p = f"\np={_fmt_p(ks.get('p', np.nan))}" if ks else ""
+        prefix = f"{name}\n" if name else ""
+        data += [_valid(comp.mean_decrease_active), _valid(comp.mean_decrease_inactive)]
+        labels += [f"{prefix}Active", f"{prefix}Inactive{p}"]
+    ax.plot([0.5, len(data) + 0.5], [0, 0], linestyle="--", color="k", linewidth=0.8)
+    ax.boxplot(data, flierprops=dict(marker="o", markersize=6, markerfacecolor="none", markeredgecolor="k",
+                                     markeredgewidth=0.1))
+    ax.set_xticks(range(1, len(data) + 1))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("Decrease in token probability")
+    ax.set_title("Decrease in token probability after ablating attention head" if title == "Ablation: probability decrease"
+                 else title, fontsize=9)
     return _save(fig, path_base)
