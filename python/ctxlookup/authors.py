@@ -377,7 +377,8 @@ def _ablation_table(path: str, test_prompts: pd.DataFrame, test_att: pd.DataFram
     other prompts are the attribution file's texts in order. A neuron where this does not give
     the file's number of texts is an error."""
     rec = load_torch_pickle(path)
-    active = test_att.set_index(["prompt_id", "head_layer", "head"])["active"]
+    a = test_att[test_att.active]
+    active = set(zip(a.prompt_id.tolist(), a.head_layer.tolist(), a["head"].tolist()))
     pids = {k: g.prompt_id.to_numpy() for k, g in test_prompts.groupby(["layer", "neuron"], sort=False)}
     by_neuron: Dict[tuple, list] = {}
     for nh, v in rec.items():
@@ -404,7 +405,7 @@ def _ablation_table(path: str, test_prompts: pd.DataFrame, test_att: pd.DataFram
             abl = np.asarray(v["ablated"], np.float32)
             for i, pid in enumerate(prompt_of):
                 rows.append((layer, neuron, hl, h, int(pid), clean[i], abl[i], clean[i] - abl[i],
-                             bool(active.get((pid, hl, h), False))))
+                             (int(pid), hl, h) in active))
             recorded.append((layer, neuron, hl, h, v["act_diff_relevant"], v["act_diff_irrelevant"]))
     cols = ["layer", "neuron", "head_layer", "head", "prompt_id", "p_clean", "p_ablated", "decrease", "active"]
     df = pd.DataFrame(rows, columns=cols)
@@ -525,15 +526,17 @@ def _same_requests(built: List[str], recorded: List[str]) -> tuple:
     return f"{len(recorded)} requests", f"{same} of {len(built)} identical", same == len(built) == len(recorded)
 
 
-def replay(folder: str, model: str = "gpt2-small", n_heads: Optional[int] = None) -> pd.DataFrame:
+def replay(folder: str, model: str = "gpt2-small", n_heads: Optional[int] = None,
+           recorded: Optional[Recorded] = None) -> pd.DataFrame:
     """Rebuild the authors' recorded results for ``model`` through ctxlookup's own functions (the
     2023 rules) and compare: ``[quantity, authors, ctxlookup, match]``, one row per quantity. A
-    quantity whose files are missing or unreadable gets a row naming them, with ``match`` False."""
+    quantity whose files are missing or unreadable gets a row naming them, with ``match`` False.
+    ``recorded``: the data :func:`load` already read for this folder and model (read again if None)."""
     from .attribution import select_heads
     from .explain import explain_heads, score_explanations
     from .stats import score_statistics
 
-    r = load(folder, model, n_heads)
+    r = recorded if recorded is not None else load(folder, model, n_heads)
     data, H = r.data, n_heads or N_HEADS[model]
     rows: list = []
 
