@@ -117,3 +117,71 @@ def test_per_prompt_predictions_match_the_counts():
     out, preds = score_explanations(expl, tp, att, Failing({}), return_predictions=True)
     assert len(preds) == 6 and preds.predicted.isna().all() and (preds.error == "HTTP 500").all()
     assert out.n_unparsed.iloc[0] == 6
+
+
+def test_authors_templates_byte_for_byte():
+    """The authors' ExplanationPromptGen / ClassifyPromptGen outputs, written out by hand."""
+    ctx = ("We are studying attention heads in a transformer architecture neural network. Each attention head looks "
+           "for some particular thing in a short document.\n")
+    head = ('This attention head in particular helps to predict that the next token is " an", but it is only active '
+            "in some documents and not others. Look at the documents and explain what makes the attention head active, "
+            "taking into consideration the inactive examples.\n")
+    body = ('Examples where the attention head is active: """\n*I ate an\n*She\tsaw an\n"""\n'
+            'Examples where the attention head is inactive: """\n*He was an\n"""\n')
+    p23 = build_explain_prompt(" an", ["I ate", "She\tsaw"], ["He was"], version="2023")
+    assert p23 == ctx + head + body + "Explanation: This attention head is active when the document"
+    p24 = build_explain_prompt(" an", ["I ate", "She\tsaw"], ["He was"], version="2024")
+    assert p24 == ctx + head + body + "In two to three sentences, suggest when the attention head is active."
+    # newlines in prompts are shown as spaces (the authors' prompts were); an empty list is a lone "*"
+    assert '"""\n*a b an\n"""' in build_explain_prompt(" an", ["a\nb"], [], version="2023")
+    assert 'inactive: """\n*\n"""' in build_explain_prompt(" an", ["a"], [], version="2024")
+    c23 = build_classify_prompt("is about\nfood.", "I ate", " an", version="2023")
+    assert c23 == ('Is the given example an active example? (Yes/No)\nThe example is active when the example is about '
+                   'food.\nExample: """\nI ate an\n"""\nAnswer: ')
+    c24 = build_classify_prompt("Active on\nfood.", "I ate", " an", version="2024")
+    assert c24 == 'Active on food.\nIs the given example an active example? (Yes/No)\n\nExample: """\nI ate an\n"""\nAnswer: '
+    # today's template keeps the explanation's line breaks
+    assert build_classify_prompt("a\nb", "x", " y").startswith("a\nb\n")
+    with pytest.raises(ValueError, match="version"):
+        build_explain_prompt(" an", [], [], version="2025")
+    with pytest.raises(ValueError, match="template"):
+        build_classify_prompt("e", "x", " y", template="{explanation}{example}{token}", version="2023")
+
+
+def test_exact_parse_one_class_keep_and_max_test():
+    expl, tp, att = _tables()
+    answers = {"p0 an": "Yes", "p1 an": "No", "p2 an": "yes", "p3 an": "Yes", "p4 an": "No", "p5 an": "No."}
+    out = score_explanations(expl, tp, att, Scripted(answers), parse="exact")
+    r = out.iloc[0]  # "yes" and "No." are not exact: ignored
+    assert (r.TP, r.FN, r.FP, r.TN, r.n_unparsed) == (1, 1, 1, 1, 2)
+    assert parse_yes_no("Yes", "exact") is True and parse_yes_no("No", "exact") is False
+    assert parse_yes_no("yes", "exact") is None and parse_yes_no(" No", "exact") is None
+    # head 4 is never active: dropped by default, its one defined rate (TNR) kept with one_class="keep"
+    drop = score_explanations(expl, tp, att, Scripted(answers))
+    keep = score_explanations(expl, tp, att, Scripted(answers), one_class="keep")
+    assert np.isnan(drop.E.iloc[1]) and keep.one_class.iloc[1] and drop.one_class.iloc[1]
+    assert keep.E.iloc[1] == pytest.approx(keep.TNR.iloc[1]) and keep.E.iloc[0] == pytest.approx(drop.E.iloc[0])
+    first4 = score_explanations(expl, tp, att, Scripted(answers), max_test=4, version="2023")
+    assert first4.n_test.tolist() == [4, 4]
+    with pytest.raises(ValueError, match="one_class"):
+        score_explanations(expl, tp, att, Scripted(answers), one_class="maybe")
+    with pytest.raises(ValueError, match="parse"):
+        score_explanations(expl, tp, att, Scripted(answers), parse="fuzzy")
+
+
+def test_authors_versions_dedupe_texts_and_offline_answers_every_version():
+    prompts = pd.DataFrame([dict(layer=1, neuron=2, prompt_id=i, text=t, token=" an", n_tokens=n)
+                            for i, (t, n) in enumerate([("a b", 3), ("c d", 120), ("a b", 3), ("e f", 4)])])
+    att = pd.DataFrame([dict(prompt_id=i, head_layer=0, head=0, active=i in (2, 3)) for i in range(4)])
+    heads = pd.DataFrame([dict(layer=1, neuron=2, head_layer=0, head=0)])
+    off = OfflineExplainer()
+    for version in ("ctxlookup", "2023", "2024"):
+        ex = explain_heads(heads, prompts, att, off, version=version, temperature=None)
+        assert isinstance(ex.explanation.iloc[0], str) and "contains" in ex.explanation.iloc[0]
+        sc = score_explanations(ex, prompts, att, off, version=version, temperature=None)
+        assert sc.n_unparsed.iloc[0] == 0
+        if version == "ctxlookup":
+            assert (ex.n_active.iloc[0], ex.n_inactive.iloc[0]) == (2, 2)
+        else:  # "a b" once, at its first place, with its last activity; the 120-token prompt dropped
+            assert (ex.n_active.iloc[0], ex.n_inactive.iloc[0]) == (2, 0)
+            assert ex.prompt.iloc[0].count("*a b an") == 1 and "c d" not in ex.prompt.iloc[0]

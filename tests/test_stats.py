@@ -1,4 +1,5 @@
 """Statistics against scipy and hand-computed values on fixed arrays; figures are written."""
+import os
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,3 +77,42 @@ def test_figures_are_written(tmp_path):
     p6 = figure6(c, path_base=str(tmp_path / "fig6"))
     for p in p5 + p6:
         assert (tmp_path / p.split("/")[-1]).stat().st_size > 1000
+
+
+def test_ddof_and_skewtest_both_directions():
+    rng = np.random.default_rng(0)
+    s = rng.beta(8, 1.2, 200)  # mass on the right: negative skew, the paper's good direction
+    r0, r1 = score_statistics(s, ddof=0).iloc[0], score_statistics(s).iloc[0]
+    assert r0["std"] == pytest.approx(np.std(s)) and r1["std"] == pytest.approx(np.std(s, ddof=1))
+    assert r0["skew"] < 0
+    assert r0.skew_p_less == pytest.approx(stats.skewtest(s, alternative="less").pvalue)
+    assert r0.skew_p_greater == pytest.approx(stats.skewtest(s, alternative="greater").pvalue) == r0.skewtest_p
+    assert r0.skew_p_less < 0.05 < r0.skew_p_greater
+
+
+def test_ablation_means_as_numpy_in_float32():
+    rng = np.random.default_rng(1)
+    d = rng.random(40).astype(np.float32) * 1e-2
+    act = rng.random(40) < 0.4
+    ab = pd.DataFrame(dict(layer=1, neuron=2, head_layer=0, head=np.repeat([0, 1], 20), decrease=d, active=act))
+    c = ablation_comparison(ab)
+    for h in (0, 1):
+        dd, aa = d[h * 20:(h + 1) * 20], act[h * 20:(h + 1) * 20]
+        assert c.mean_decrease_active.iloc[h] == np.mean(dd[aa]) and c.mean_decrease_inactive.iloc[h] == np.mean(dd[~aa])
+    k = stats.ks_2samp(c.mean_decrease_active, c.mean_decrease_inactive)
+    assert c.attrs["ks"]["D"] == k.statistic and c.attrs["ks"]["p"] == k.pvalue
+
+
+def test_paper_style_figures(tmp_path):
+    rng = np.random.default_rng(2)
+    paths = figure5({"gpt2-small": rng.random(50), "gpt2-medium": rng.random(60)}, baseline=rng.random(40),
+                    path_base=str(tmp_path / "f5"), style="paper")
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    svg = open(tmp_path / "f5.svg").read()
+    assert "Skewness" in svg and "KS p-value" in svg and "Mean" in svg
+    comp = pd.DataFrame(dict(mean_decrease_active=rng.random(10), mean_decrease_inactive=rng.random(10)))
+    comp.attrs["ks"] = {"D": 0.5, "p": 0.01}
+    paths = figure6({"small": comp, "medium": comp}, path_base=str(tmp_path / "f6"), style="paper")
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    with pytest.raises(ValueError, match="style"):
+        figure5([0.5], style="fancy")

@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_replicate(sub)
     _add_report(sub)
+    from . import authors
+    authors.add_cli(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -159,6 +159,12 @@ AUTHORS_MAX_PROMPT_TOKENS = 100  # the authors drop prompts of this many tokens 
 AUTHORS_MAX_EXPLAIN_PROMPTS = 30  # 2023: every train prompt of the neuron, at most 30
 
 
+def _active_set(attribution: pd.DataFrame) -> set:
+    """``{(prompt_id, head_layer, head)}`` of the rows where the head is active."""
+    a = attribution[attribution["active"].astype(bool)]
+    return set(zip(a["prompt_id"].tolist(), a["head_layer"].tolist(), a["head"].tolist()))
+
+
 def _neuron_examples(g: pd.DataFrame, active, hl: int, h: int, version: str, limit: Optional[int]) -> list:
     """``[(prompt_id, text, active)]`` for one neuron's prompts ``g``, in order, as ``version`` uses them.
 
@@ -168,7 +174,7 @@ def _neuron_examples(g: pd.DataFrame, active, hl: int, h: int, version: str, lim
     the keys of a dict filled in order)."""
     rows = list(zip(g.prompt_id, g.text, g["n_tokens"] if "n_tokens" in g.columns else [None] * len(g)))
     if version == "ctxlookup":
-        return [(pid, t, bool(active.get((pid, hl, h), False))) for pid, t, _ in rows]
+        return [(pid, t, (pid, hl, h) in active) for pid, t, _ in rows]
     if limit is not None:
         rows = rows[:limit]
     by_text: dict = {}
@@ -177,7 +183,7 @@ def _neuron_examples(g: pd.DataFrame, active, hl: int, h: int, version: str, lim
             continue
         key = t.replace("\n", " ")
         first = by_text[key][0] if key in by_text else pid
-        by_text[key] = (first, t, bool(active.get((pid, hl, h), False)))
+        by_text[key] = (first, t, (pid, hl, h) in active)
     return list(by_text.values())
 
 
@@ -198,7 +204,7 @@ def explain_heads(selected_heads: pd.DataFrame, prompts: pd.DataFrame, attributi
     _check_version(version)
     if max_prompts is None and version == "2023":
         max_prompts = AUTHORS_MAX_EXPLAIN_PROMPTS
-    active = attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
+    active = _active_set(attribution)
     by_neuron = {k: g for k, g in prompts.groupby(["layer", "neuron"], sort=False)}
     jobs, meta = [], []
     for layer, neuron, hl, h in _pairs(selected_heads):
@@ -258,7 +264,7 @@ def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, t
     parse_yes_no("", parse)  # validates parse
     if max_test is not None and (isinstance(max_test, bool) or not isinstance(max_test, (int, np.integer)) or max_test < 1):
         raise ValueError(f"max_test must be a positive int or None, got {max_test!r}")
-    active = test_attribution.set_index(["prompt_id", "head_layer", "head"])["active"]
+    active = _active_set(test_attribution)
     by_neuron = {k: g for k, g in test_prompts.groupby(["layer", "neuron"], sort=False)}
     jobs, owners = [], []
     for i, e in enumerate(explanations.itertuples(index=False)):
@@ -269,7 +275,7 @@ def score_explanations(explanations: pd.DataFrame, test_prompts: pd.DataFrame, t
             continue
         if version == "ctxlookup":
             g = g if max_test is None else g.iloc[:max_test]
-            examples = [(pid, t, bool(active.get((pid, e.head_layer, e.head), False))) for pid, t in zip(g.prompt_id, g.text)]
+            examples = [(pid, t, (pid, e.head_layer, e.head) in active) for pid, t in zip(g.prompt_id, g.text)]
         else:
             # the authors: the first max_test distinct texts
             examples = _neuron_examples(g, active, e.head_layer, e.head, version, None)[:max_test]
