@@ -60,11 +60,11 @@ def prompt_of(messages) -> str:
 
 
 def mock_answer(messages, max_tokens=None) -> str:
-    """The content the mock returns: "yes"/"no" when max_tokens == 1 (a classification), else a
+    """The content the mock returns: "Yes"/"No" (as GPT-4 answers) when max_tokens == 1 (a classification), else a
     short deterministic string derived from all message contents."""
     h = hashlib.sha256("\x1e".join(m["role"] + "\x1f" + m["content"] for m in messages).encode()).hexdigest()
     if max_tokens == 1:
-        return "yes" if int(h[0], 16) % 2 == 0 else "no"
+        return "Yes" if int(h[0], 16) % 2 == 0 else "No"
     return f"answer {h[:12]}"
 
 

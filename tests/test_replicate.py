@@ -240,3 +240,45 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     with pytest.raises(ValueError, match="evidence_docs"):
         replicate(text_model_dir, str(tmp_path / "bad"), corpus=corpora[0], test_corpus=corpora[1], evidence_docs=-1, **OPTS)
     assert not os.path.exists(str(tmp_path / "bad"))
+
+
+def test_authors_2023_protocol_sends_the_requests_the_replay_builds(text_model_dir, corpora, tmp_path, monkeypatch):
+    """replicate --protocol authors-2023 live, against the mock server: every explanation and
+    classification request it sends equals what ctxlookup.authors' replay machinery builds
+    (RecordedAnswers + explain_heads / score_explanations with the 2023 rules, the code that
+    reproduces the authors' recorded requests byte for byte) from the run's own tables."""
+    from mock_openai import MockOpenAI
+
+    from ctxlookup.authors import RecordedAnswers
+    from ctxlookup.explain import explain_heads, score_explanations
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
+    out = str(tmp_path / "run")
+    opts = dict(OPTS, table3=[], prompts_per_neuron=None, test_prompts_per_neuron=None)
+    with MockOpenAI(latency=0.0) as srv:
+        run = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer="openai",
+                        base_url=srv.base_url, llm_model="gpt-4-1106-preview", protocol="authors-2023",
+                        until="score", **opts)
+        sent = [r["body"] for r in srv.requests]
+    m = run.manifest
+    assert m["protocol"]["name"] == "authors-2023" and m["protocol"]["active_rule"] == "top3"
+    assert m["stages"]["attribution"]["attrs"]["attribution"]["active_rule"] == "top3"
+    att = run.read("attribution")
+    assert (att.groupby("prompt_id").active.sum() == 3).all()  # top 3 heads on every prompt
+    p = run.protocol
+    heads = run.read("heads")
+    assert (heads.active_fraction > 0.25).all() and len(heads) > 0
+    prompts = run._prompts_upto(p.prompts_per_neuron)
+    assert not prompts.duplicated(["layer", "neuron", "text"]).any()
+    rebuilt = RecordedAnswers({})
+    explain_heads(heads.drop_duplicates(["layer", "neuron", "head_layer", "head"]), prompts,
+                  att[att.prompt_id.isin(prompts.prompt_id)], rebuilt, version="2023", temperature=None)
+    ex = run.read("explanations")
+    score_explanations(ex, run.read("test_prompts"), run.read("test_attribution"), rebuilt, version="2023",
+                       one_class="keep", parse="exact", temperature=None)
+    built = [json.loads(b) for b in rebuilt.bodies("gpt-4-1106-preview")]
+    key = lambda b: json.dumps(b, sort_keys=True)
+    assert sorted(map(key, sent)) == sorted(map(key, built))
+    assert all("temperature" not in b for b in sent)
+    assert {b["max_tokens"] for b in sent} == {200, 1}
+    assert sent[0]["messages"][0]["content"].endswith("Explanation: This attention head is active when the document")

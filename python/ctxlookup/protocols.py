@@ -44,6 +44,7 @@ class Protocol:
     prompts_per_neuron: int               # train prompts per neuron (authors-2023: all the scan kept, 30)
     test_prompts_per_neuron: int
     count_after_drop: bool                # the first n prompts after dropping long ones (authors) or rank < n
+    dedupe_text: bool                     # a neuron's prompts with the same text count once (the authors keyed them by text)
     retokenize: bool                      # attribution and ablation run BOS + the prompt's text re-encoded (authors)
     # §4 attribution and head selection
     rule: str                             # eligible heads: "authors" (k < l) or "architecture"
@@ -68,19 +69,19 @@ class Protocol:
 PROTOCOLS = {
     "paper": Protocol(
         name="paper", token_rule="skip", random_token_filter=None, truncation="binary", newlines="lf", scan_k=30,
-        prompts_per_neuron=20, test_prompts_per_neuron=10, count_after_drop=True, retokenize=True,
+        prompts_per_neuron=20, test_prompts_per_neuron=10, count_after_drop=True, dedupe_text=True, retokenize=True,
         rule="authors", active_rule="mean+2sd", low=0.25, high=0.75, low_strict=False,
         template_version="2024", temperature=None, one_class="drop", parse="exact", ddof=0, figure_style="paper",
         ablation_prompts="test"),
     "authors-2023": Protocol(
         name="authors-2023", token_rule="skip", random_token_filter=None, truncation="binary", newlines="lf",
-        scan_k=30, prompts_per_neuron=30, test_prompts_per_neuron=20, count_after_drop=True, retokenize=True,
+        scan_k=30, prompts_per_neuron=30, test_prompts_per_neuron=20, count_after_drop=True, dedupe_text=True, retokenize=True,
         rule="authors", active_rule="top3", low=0.25, high=1.0, low_strict=True,
         template_version="2023", temperature=None, one_class="keep", parse="exact", ddof=0, figure_style="paper",
         ablation_prompts="test"),
     "ctxlookup": Protocol(
         name="ctxlookup", token_rule="rename", random_token_filter="whole_word", truncation="exact", newlines="all",
-        scan_k=30, prompts_per_neuron=20, test_prompts_per_neuron=10, count_after_drop=False, retokenize=False,
+        scan_k=30, prompts_per_neuron=20, test_prompts_per_neuron=10, count_after_drop=False, dedupe_text=False, retokenize=False,
         rule="architecture", active_rule="mean+2sd", low=0.25, high=0.75, low_strict=False,
         template_version="ctxlookup", temperature=0.0, one_class="drop", parse="lenient", ddof=1,
         figure_style="overlay", ablation_prompts="test"),

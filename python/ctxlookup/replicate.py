@@ -388,12 +388,18 @@ class Run:
 
     def _first_prompts(self, p: pd.DataFrame, n: Optional[int]) -> pd.DataFrame:
         """Each neuron's first ``n`` prompts: the first n kept after truncation (the authors'
-        ``prompts[:n]``, protocols paper and authors-2023), or those of scan rank < n."""
-        if n is None:
-            return p
-        if self.protocol.count_after_drop:
-            return p[p.sort_values("rank", kind="stable").groupby(["layer", "neuron"]).cumcount().reindex(p.index) < n]
-        return p[p["rank"] < n]
+        ``prompts[:n]``, protocols paper and authors-2023), or those of scan rank < n. Under the
+        authors' protocols a text that repeats among them counts once, at its first place (their
+        prompts were the keys of a dict: the attribution, selection and scores saw each text once;
+        the same text gives the same attribution, so which copy stays does not matter)."""
+        if n is not None:
+            if self.protocol.count_after_drop:
+                p = p[p.sort_values("rank", kind="stable").groupby(["layer", "neuron"]).cumcount().reindex(p.index) < n]
+            else:
+                p = p[p["rank"] < n]
+        if self.protocol.dedupe_text:
+            p = p.sort_values("rank", kind="stable").drop_duplicates(["layer", "neuron", "text"]).sort_index()
+        return p
 
     def _prompts_upto(self, n: Optional[int]) -> pd.DataFrame:
         return self._first_prompts(self.read("prompts"), n)
