@@ -311,6 +311,12 @@ def test_two_runs_on_one_directory_cannot_both_proceed(text_model_dir, corpora, 
     assert m["options"]["seed"] == 0 and list(m["stages"]) == ["neurons"]
     again = subprocess.run(_cli(text_model_dir, out, corpora, "--seed", "1"), env=_env(), capture_output=True, text=True)
     assert again.returncode == 2 and "other options (seed)" in again.stderr and again.stderr.count("\n") == 1
+    # while a run of other options holds the directory, the refusal names the run, not the options
+    seed0 = Run(Options(model=text_model_dir, out=out, corpus=corpora[0], test_corpus=corpora[1], layers=[1, 2],
+                        neurons_per_layer=3, random_per_layer=2, progress=False))
+    with seed0.locked():
+        with pytest.raises(RunLocked, match=f"process {os.getpid()}"):
+            Run(Options(model=text_model_dir, out=out, corpus=corpora[0], test_corpus=corpora[1], seed=1))
     # the tables are the seed-0 run's, as a clean seed-0 run makes them
     clean = replicate(text_model_dir, str(tmp_path / "clean"), corpus=corpora[0], test_corpus=corpora[1], until="neurons",
                       **dict(OPTS, layers=[1, 2], neurons_per_layer=3, random_per_layer=2))

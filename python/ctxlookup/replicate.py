@@ -309,10 +309,15 @@ class Run:
         os.makedirs(self.dir, exist_ok=True)
         self.manifest_path = os.path.join(self.dir, "manifest.json")
         self._manifest_id = None
-        self.manifest = self._load_manifest()
+        self._lock = _DirLock(self.dir)
+        try:
+            self.manifest = self._load_manifest()
+        except RunMismatch:
+            with self.locked():  # a run of other options still at work: say that (RunLocked), not RunMismatch
+                pass
+            raise
         self._model = None
         self._client = None
-        self._lock = _DirLock(self.dir)
         self._written: Dict[str, dict] = {}
         self.tables: Dict[str, pd.DataFrame] = {}
 
