@@ -432,3 +432,68 @@ def test_interrupted_batch_resumes_without_loss_or_repeat(tmp_path, sig):
             if r.cached:
                 assert first_run[p] == 1
         assert sum(srv.count(p) for p in reqs) <= n + concurrency
+
+
+# ---- the cache on a full disk, damaged cache files, exact text ----
+
+def test_full_cache_disk_keeps_the_answers_in_flight(srv, tmp_path):
+    """SQLite's own "database or disk is full" (the file capped with max_page_count): the batch
+    still returns every answer (they are paid for), the failure is reported once, the answers stay
+    in memory (asking again sends nothing) and reach the file once writes succeed again."""
+    from ctxlookup.llm import CacheWriteWarning
+
+    c = make_client(srv, tmp_path, concurrency=4)
+    c.complete("warm", max_tokens=5)
+    db = c.cache._db
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
+    reqs = [f"full {i} " + "x" * 5000 for i in range(20)]  # a row larger than a page: each needs new pages
+    with pytest.warns(CacheWriteWarning) as got:
+        res = c.complete_many(reqs, max_tokens=5)
+    check_answers(reqs, res, 5)
+    assert not any(r.cached for r in res) and srv.total == 21
+    assert len(got) == 1 and "database or disk is full" in str(got[0].message) and str(c.cache.path) in str(got[0].message)
+    assert c.cache_error == "OperationalError: database or disk is full" and c.cache.unsaved == 20
+    again = c.complete_many(reqs, max_tokens=5)  # from memory: nothing sent
+    check_answers(reqs, again, 5)
+    assert all(r.cached for r in again) and srv.total == 21
+    db.execute("PRAGMA max_page_count=1000000")
+    assert c.cache.flush() == 0
+    c.close()
+    fresh = make_client(srv, tmp_path)
+    assert all(r.cached for r in fresh.complete_many(reqs + ["warm"], max_tokens=5)) and srv.total == 21
+
+
+def test_damaged_or_foreign_cache_file_is_a_named_error(tmp_path):
+    from ctxlookup.llm import CacheError
+
+    bad = tmp_path / "garbage.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CacheError, match=f"{bad} is not a readable ctxlookup response cache .*file is not a database"):
+        ResponseCache(bad)
+    with pytest.raises(CacheError, match="not a readable ctxlookup response cache"):
+        Client(model="m", base_url="http://127.0.0.1:9", cache=bad)
+    foreign = tmp_path / "foreign.sqlite3"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE responses (id INTEGER, text TEXT)")
+    with pytest.raises(CacheError, match="not a ctxlookup response cache \\(columns id, text\\)"):
+        ResponseCache(foreign)
+
+
+def test_cache_stores_lone_surrogates_exactly(tmp_path):
+    """A str with a lone UTF-16 surrogate (JSON's "\\ud800") cannot be UTF-8: stored as UTF-8 with
+    surrogates and read back as the same str; ordinary text is stored as TEXT as before."""
+    path = tmp_path / "c.sqlite3"
+    cache = ResponseCache(path)
+    text = "a\ud800b\udfff"
+    kw = dict(base_url="u", model="m", stage="s", finish_reason="stop", response_model="m", prompt_tokens=1,
+              completion_tokens=2, cost=0.0)
+    assert cache.put("k1", request='{"q": "\ud83d"}', content=text, **kw) is True
+    assert cache.put("k2", request="{}", content="plain \U0001F600", **kw) is True
+    cache.close()
+    again = ResponseCache(path)
+    got = again.get_many(["k1", "k2"])
+    assert got["k1"]["content"] == text and got["k2"]["content"] == "plain \U0001F600"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT typeof(content), typeof(request) FROM responses WHERE key='k1'").fetchone() == ("blob", "blob")
+        assert db.execute("SELECT typeof(content) FROM responses WHERE key='k2'").fetchone() == ("text",)

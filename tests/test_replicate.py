@@ -1,5 +1,6 @@
 """`ctxlookup replicate` end to end on a tiny random model and tiny.jsonl: with the offline
 explainer, with the mock OpenAI-compatible server, and killed (SIGKILL) mid-run then resumed."""
+import hashlib
 import json
 import os
 import signal
@@ -44,7 +45,10 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert all(len(h) == 64 for h in m["model"]["files"].values())
     assert m["options"]["explainer"] == "offline" and m["options_key"]["table3"] == [3, 6]
     from ctxlookup.explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
-    assert m["templates"] == {"explain": EXPLAIN_TEMPLATE, "classify": CLASSIFY_TEMPLATE} and m["seeds"]["random_neurons"] == 0
+    assert m["templates"]["version"] == "2024" and m["protocol"]["name"] == "paper"  # the default protocol
+    assert m["templates"]["explain"].endswith("In two to three sentences, suggest when the attention head is active.")
+    assert EXPLAIN_TEMPLATE != m["templates"]["explain"] and CLASSIFY_TEMPLATE != m["templates"]["classify"]
+    assert m["seeds"]["random_neurons"] == 0
     assert all(m["stages"][s]["wall_s"] >= 0 for s in STAGES)
     for f in ("figure5.png", "figure5.svg", "figure6.png", "figure6.svg"):
         assert os.path.getsize(os.path.join(out, f)) > 1000
@@ -282,3 +286,268 @@ def test_authors_2023_protocol_sends_the_requests_the_replay_builds(text_model_d
     assert all("temperature" not in b for b in sent)
     assert {b["max_tokens"] for b in sent} == {200, 1}
     assert sent[0]["messages"][0]["content"].endswith("Explanation: This attention head is active when the document")
+# ---- one run at a time, default run directories, damaged files, full disks ----
+
+SLOW_CHILD = """
+import sys, time
+import ctxlookup.replicate
+r = sys.modules["ctxlookup.replicate"]
+stage = r.Run._stage_neurons
+def slow(self):
+    time.sleep(float(sys.argv[5]))
+    return stage(self)
+r.Run._stage_neurons = slow
+r.replicate(sys.argv[1], sys.argv[2], corpus=sys.argv[3], test_corpus=sys.argv[4], until="neurons", seed=0,
+            layers=[1, 2], neurons_per_layer=3, random_per_layer=2, progress=False)
+"""
+
+
+def _cli(model, out, corpora, *extra):
+    return [sys.executable, "-m", "ctxlookup.cli", "replicate", "neurons", "--model", model, "--out", out,
+            "--corpus", corpora[0], "--test-corpus", corpora[1], "--layers", "1,2", "--neurons-per-layer", "3",
+            "--random-per-layer", "2", "--no-progress", *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ctxlookup.__file__)))
+
+
+def _wait_locked(out, proc, timeout=60):
+    """Until ``proc`` holds the run directory's lock (its pid is in run.lock)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(open(os.path.join(out, "run.lock")).read())["pid"] == proc.pid:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run never took the lock: {proc.communicate()}")
+
+
+def test_two_runs_on_one_directory_cannot_both_proceed(text_model_dir, corpora, tmp_path):
+    """The issue's reproducer: --seed 0 and --seed 1 on one --out. While the first holds the lock
+    the second exits at once with code 2 and one line naming the first's pid and host; once the
+    first is done the second is refused as another experiment; the tables are the first's. A lock
+    file left by a SIGKILLed run blocks nothing. In the API: RunLocked."""
+    import socket
+
+    from ctxlookup.replicate import RunLocked, Options, Run
+
+    out = str(tmp_path / "run")
+    first = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, text_model_dir, out, *corpora, "6"], env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_locked(out, first)
+    t0 = time.time()
+    second = subprocess.run(_cli(text_model_dir, out, corpora, "--seed", "1"), env=_env(), capture_output=True, text=True)
+    refused_s = time.time() - t0
+    assert first.poll() is None  # the first was still running: the refusal is the lock's
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+    assert f"in use by process {first.pid} on host {socket.gethostname()}" in second.stderr
+    assert refused_s < 30  # at once: python start-up, not the first run's 6 s stage
+    # in the API, the same (this process's own second Run included)
+    with pytest.raises(RunLocked, match=f"process {first.pid} on host"):
+        replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until="neurons", **OPTS)
+    assert first.wait(timeout=300) == 0, first.communicate()
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["options"]["seed"] == 0 and list(m["stages"]) == ["neurons"]
+    again = subprocess.run(_cli(text_model_dir, out, corpora, "--seed", "1"), env=_env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "other options (seed)" in again.stderr and again.stderr.count("\n") == 1
+    # while a run of other options holds the directory, the refusal names the run, not the options
+    seed0 = Run(Options(model=text_model_dir, out=out, corpus=corpora[0], test_corpus=corpora[1], layers=[1, 2],
+                        neurons_per_layer=3, random_per_layer=2, progress=False))
+    with seed0.locked():
+        with pytest.raises(RunLocked, match=f"process {os.getpid()}"):
+            Run(Options(model=text_model_dir, out=out, corpus=corpora[0], test_corpus=corpora[1], seed=1))
+    # the tables are the seed-0 run's, as a clean seed-0 run makes them
+    clean = replicate(text_model_dir, str(tmp_path / "clean"), corpus=corpora[0], test_corpus=corpora[1], until="neurons",
+                      **dict(OPTS, layers=[1, 2], neurons_per_layer=3, random_per_layer=2))
+    pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(out, "neurons.parquet")), clean.read("neurons"))
+
+    held = Run(Options(model=text_model_dir, out=str(tmp_path / "held")))
+    with held.locked():
+        with pytest.raises(RunLocked, match=f"process {os.getpid()} on host {socket.gethostname()}"):
+            Run(Options(model=text_model_dir, out=str(tmp_path / "held"))).run("neurons")
+        with held.locked():  # re-entrant for its holder
+            pass
+    # a SIGKILLed run's lock file (with its pid) does not block the next run
+    killed = str(tmp_path / "killed")
+    victim = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, text_model_dir, killed, *corpora, "60"], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_locked(killed, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert json.loads(open(os.path.join(killed, "run.lock")).read())["pid"] == victim.pid
+    after = subprocess.run(_cli(text_model_dir, killed, corpora, "--seed", "0"), env=_env(), capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    assert json.load(open(os.path.join(killed, "manifest.json")))["stages"]["neurons"]["complete"]
+
+
+def test_default_run_directory_depends_on_model_and_options(text_model_dir, tmp_path, monkeypatch, capsys):
+    from ctxlookup import cli
+    from ctxlookup.replicate import Options, Run, default_out
+
+    a = default_out(Options(model=text_model_dir))
+    assert a == default_out(Options(model=text_model_dir, out="elsewhere", progress=False, llm_concurrency=3))
+    assert a.startswith(os.path.join("runs", os.path.basename(text_model_dir) + "-")) and len(a.rsplit("-", 1)[1]) == 8
+    others = {default_out(Options(model=text_model_dir, seed=1)), default_out(Options(model=text_model_dir, table3=None)),
+              default_out(Options(model="gpt2")), default_out(Options(model=text_model_dir + "/", seed=1, keep=0.7)), a}
+    assert len(others) == 5
+    assert default_out(Options(model="EleutherAI/pythia-160m")).startswith(os.path.join("runs", "pythia-160m-"))
+    # an option at its default counts as absent, so a run made before an option existed keeps its folder
+    assert default_out(Options(model=text_model_dir, evidence_docs=500, remove_frequency=False)) == a
+    monkeypatch.chdir(tmp_path)
+    assert Run(Options(model=text_model_dir)).dir == str(tmp_path / a)
+    with pytest.raises(SystemExit):
+        cli.main(["replicate", "--help"])
+    assert "runs/<model>-<hash of the options>" in " ".join(capsys.readouterr().out.split())
+    assert Options().out is None
+
+
+def _garble(path, at, n=64):
+    """Overwrite n bytes at offset ``at`` (negative: from the end) with 0xA5, keeping the size."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(at if at >= 0 else size + at)
+        f.write(b"\xa5" * n)
+    assert os.path.getsize(path) == size
+
+
+def test_damaged_tables_are_detected_and_redone(text_model_dir, corpora, tmp_path, capsys):
+    """The issue's reproducers: garbage in a Parquet header, in a data page, a valid Parquet with the
+    wrong schema, a deleted CSV twin: each makes its stage run again, to the same tables; the
+    manifest records every output's sha256 and Parquet schema; a stage whose redone outputs
+    differ from the recorded ones makes the stages after it run again."""
+    import pyarrow.parquet as pq
+
+    from ctxlookup.replicate import Options, Run
+
+    out = str(tmp_path / "run")
+    until = "test_truncate"
+    done = STAGES[: STAGES.index(until) + 1]
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until=until, **OPTS)
+    mpath = os.path.join(out, "manifest.json")
+    m = json.load(open(mpath))
+    for s in done:
+        for n in OUTPUTS[s]:
+            rec = m["stages"][s]["outputs"][n]
+            for ext in ("parquet", "csv"):
+                p = os.path.join(out, f"{n}.{ext}")
+                assert rec[ext]["sha256"] == hashlib.sha256(open(p, "rb").read()).hexdigest()
+                assert rec[ext]["bytes"] == os.path.getsize(p)
+            schema = pq.read_schema(os.path.join(out, f"{n}.parquet"))
+            assert rec["schema"] == [[f.name, str(f.type)] for f in schema] and len(rec["schema"]) > 1
+            assert rec["rows"] == pq.read_metadata(os.path.join(out, f"{n}.parquet")).num_rows
+    before = {n: pd.read_parquet(os.path.join(out, f"{n}.parquet")) for s in done for n in OUTPUTS[s]}
+    csv_before = {n: open(os.path.join(out, f"{n}.csv"), "rb").read() for n in before}
+    finished = {s: m["stages"][s]["finished"] for s in done}
+
+    _garble(os.path.join(out, "neurons.parquet"), 0, 4)                  # the header's magic
+    _garble(os.path.join(out, "max_acts.parquet"), 200)                  # a data page (the footer is intact)
+    pd.DataFrame({"x": [1, 2]}).to_parquet(os.path.join(out, "prompts.parquet"))  # a valid Parquet, wrong schema
+    os.remove(os.path.join(out, "test_max_acts.csv"))                    # the CSV twin
+    pq.read_metadata(os.path.join(out, "max_acts.parquet"))              # what the old check read: still fine
+    run = Run(Options(model=text_model_dir, out=out, corpus=corpora[0], test_corpus=corpora[1], **OPTS))
+    assert {s: run.problem(s) for s in done} == {
+        "neurons": "neurons.parquet is not the file the stage wrote (sha256 differs)",
+        "scan": "max_acts.parquet is not the file the stage wrote (sha256 differs)",
+        "truncate": "prompts.parquet is not the file the stage wrote (sha256 differs)",
+        "test_scan": "test_max_acts.csv is missing", "test_truncate": None}
+    time.sleep(1.1)
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until=until, **dict(OPTS, progress=True))
+    assert "redoing scan: max_acts.parquet is not the file" in capsys.readouterr().err
+    m2 = json.load(open(mpath))
+    redone = {s for s in done if m2["stages"][s]["finished"] != finished[s]}
+    assert redone == {"neurons", "scan", "truncate", "test_scan"}  # same outputs again: test_truncate stands
+    for n, df in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(out, f"{n}.parquet")), df, obj=n)
+        assert open(os.path.join(out, f"{n}.csv"), "rb").read() == csv_before[n], n
+    assert json.dumps(m2["stages"]["scan"]["outputs"]) == json.dumps(m["stages"]["scan"]["outputs"])
+
+    # a stage whose outputs come out other than recorded (here: the record says so) redoes the later ones
+    m2["stages"]["truncate"]["outputs"]["prompts"]["parquet"]["sha256"] = "0" * 64
+    json.dump(m2, open(mpath, "w"))
+    time.sleep(1.1)
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until=until, **OPTS)
+    m3 = json.load(open(mpath))
+    assert {s for s in done if m3["stages"][s]["finished"] != m2["stages"][s]["finished"]} == {
+        "truncate", "test_scan", "test_truncate"}
+
+    # a run made before outputs were recorded: checked by reading every table in full, then recorded
+    for s in done:
+        del m3["stages"][s]["outputs"]
+    json.dump(m3, open(mpath, "w"))
+    with open(os.path.join(out, "test_prompts.parquet"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(out, "test_prompts.parquet")) // 2)
+    time.sleep(1.1)
+    replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], until=until, **OPTS)
+    m4 = json.load(open(mpath))
+    assert {s for s in done if m4["stages"][s]["finished"] != m3["stages"][s]["finished"]} == {"test_truncate"}
+    assert all(m4["stages"][s]["outputs"] == m["stages"][s]["outputs"] for s in done)
+
+
+def test_damaged_run_files_give_named_errors(text_model_dir, corpora, tmp_path, capsys):
+    """A damaged or foreign manifest: RunFileError naming it (the CLI: one line, exit 2), never a
+    raw JSONDecodeError / AttributeError; a damaged scan checkpoint is dropped and the scan redone."""
+    from ctxlookup import cli
+    from ctxlookup.replicate import RunFileError
+
+    out = str(tmp_path / "run")
+    mpath = os.path.join(out, "manifest.json")
+    kw = dict(corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    replicate(text_model_dir, out, until="neurons", **kw)
+    good = open(mpath, "rb").read()
+    for bad, why in ((good[:len(good) // 2], "JSONDecodeError"), (b"\xff\xfe" + good, "UnicodeDecodeError"),
+                     (b"[1, 2]", "expected a JSON object"), (b'{"options_key": {}, "stages": {"neurons": 3}}',
+                                                            "expected a JSON object")):
+        open(mpath, "wb").write(bad)
+        with pytest.raises(RunFileError, match=f"{mpath} is damaged or not a ctxlookup run manifest.*{why}"):
+            replicate(text_model_dir, out, until="neurons", **kw)
+        assert cli.main(["replicate", "neurons", "--model", text_model_dir, "--out", out, "--corpus", corpora[0],
+                         "--test-corpus", corpora[1], "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ctxlookup replicate: {mpath} is damaged") and err.count("\n") == 1
+    open(mpath, "wb").write(good)
+    # a damaged scan checkpoint (a killed scan leaves one): removed, the scan starts over
+    ckpt = os.path.join(out, "max_acts.ckpt.npz")
+    np.savez(ckpt, meta=np.array("{}"), x=np.arange(1000))
+    _garble(ckpt, 100)
+    run = replicate(text_model_dir, out, until="scan", **kw)
+    assert "max_acts.ckpt.npz is damaged" in capsys.readouterr().err and len(run.read("max_acts")) > 0
+
+
+def test_full_disk_is_a_named_error_and_leaves_no_partial_files(text_model_dir, corpora, tmp_path, capsys):
+    """Real ENOSPC from the kernel: the temporary file a table goes to is a link to /dev/full.
+    pyarrow's and pandas' writers both fail; DiskFull says so in one line (the CLI exits 2), no
+    *.incomplete file is left, and the same command then resumes the run."""
+    import glob
+
+    from ctxlookup import cli
+    from ctxlookup.replicate import DiskFull
+
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    kw = dict(corpus=corpora[0], test_corpus=corpora[1], **OPTS)
+    for victim in ("neurons.parquet", "excluded_tokens.csv"):
+        os.symlink("/dev/full", os.path.join(out, victim + ".incomplete"))
+        with pytest.raises(DiskFull, match=r"no space left on the device of .* while writing table "
+                                           rf"{victim.split('.')[0]} \(.* MB free;.*No space left on device\); free some "
+                                           "space and rerun the same command to resume"):
+            replicate(text_model_dir, out, until="neurons", **kw)
+        assert glob.glob(os.path.join(out, "*.incomplete*")) == []
+    os.symlink("/dev/full", os.path.join(out, "neurons.csv.incomplete"))
+    assert cli.main(["replicate", "neurons", "--model", text_model_dir, "--out", out, "--corpus", corpora[0],
+                     "--test-corpus", corpora[1], "--layers", "1,2", "--neurons-per-layer", "3", "--random-per-layer",
+                     "2", "--prompts-per-neuron", "6", "--test-prompts-per-neuron", "4", "--table3", "3,6",
+                     "--no-progress", "--batch-tokens", "2048"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctxlookup replicate: no space left") and err.count("\n") == 1 and "Traceback" not in err
+    assert glob.glob(os.path.join(out, "*.incomplete*")) == []
+    # the manifest itself on a full disk
+    os.symlink("/dev/full", os.path.join(out, "manifest.json.incomplete"))
+    with pytest.raises(DiskFull, match="while writing the manifest|while writing manifest.json"):
+        replicate(text_model_dir, out, until="neurons", **kw)
+    assert glob.glob(os.path.join(out, "*.incomplete*")) == [] and not os.path.exists(os.path.join(out, "manifest.json"))
+    run = replicate(text_model_dir, out, until="neurons", **kw)
+    assert run.complete("neurons")

@@ -515,3 +515,60 @@ def test_characters_split_over_tokens_are_shown_whole(text_model_dir):
         strs = _token_strings(tok, ids)
         assert len(strs) == len(ids) and "".join(strs) == text and not any("\ufffd" in s for s in strs)
     assert _token_strings(tok, tok.encode("couldn\u2019t"))[-3:] == ["", "\u2019", "t"]
+
+
+def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):
+    """A table that is not the one its stage wrote (garbage in a data page, same size), a missing
+    one, an unreadable one in a run made before the manifest kept hashes, a damaged manifest: a
+    RunFileError naming the file and the command that repairs the run (the CLI: one line, exit 2);
+    the named command does repair it."""
+    import shlex
+
+    from ctxlookup import cli
+    from ctxlookup.replicate import RunFileError
+
+    bad = str(tmp_path / "bad")
+    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("report"))
+    p = os.path.join(bad, "neurons.parquet")
+    size = os.path.getsize(p)
+    with open(p, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xa5" * 16)
+    fast = dict(model=False, context="prompt", out=str(tmp_path / "site"))
+    with pytest.raises(RunFileError) as e:
+        report(bad, **fast)
+    msg = str(e.value)
+    assert msg.startswith(f"{p} is not the file its stage wrote (its sha256 differs from manifest.json); "
+                          f"to redo its stage (neurons) run: ctxlookup replicate --model ")
+    cmd = msg.split(" run: ", 1)[1]
+    words = shlex.split(cmd)
+    assert words[words.index("--out") + 1] == bad and words[words.index("--table3") + 1] == "3,6"
+    assert words[words.index("--layers") + 1] == "1,2" and words[words.index("--batch-tokens") + 1] == "2048"
+    assert cli.main(["report", bad, "--out", str(tmp_path / "site"), "--no-model", "--context", "prompt",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ctxlookup report: {msg}\n"
+    assert cli.main(words[1:] + ["--no-progress"]) == 0      # the named command repairs the run
+    capsys.readouterr()
+    pd.testing.assert_frame_equal(pd.read_parquet(p), pd.read_parquet(os.path.join(run_dir, "neurons.parquet")))
+    assert os.path.exists(report(bad, **fast))
+
+    os.remove(os.path.join(bad, "scores.parquet"))
+    with pytest.raises(RunFileError, match=r"scores.parquet is missing; to redo its stage \(score\) run: ctxlookup "):
+        report(bad, **fast)
+    shutil.copy(os.path.join(run_dir, "scores.parquet"), bad)
+    mpath = os.path.join(bad, "manifest.json")
+    m = json.load(open(mpath))
+    for rec in m["stages"].values():
+        rec.pop("outputs", None)
+    json.dump(m, open(mpath, "w"))
+    with open(os.path.join(bad, "heads.parquet"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(bad, "heads.parquet")) - 8)  # the footer's length and magic
+    with pytest.raises(RunFileError, match=r"heads.parquet is damaged \(.*\); to redo its stage \(select\) run: "):
+        report(bad, **fast)
+    open(mpath, "w").write('{"options": [')
+    with pytest.raises(RunFileError, match=f"{mpath} is damaged or not a ctxlookup run manifest .JSONDecodeError"):
+        report(bad, **fast)
+    assert cli.main(["report", bad, "--no-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ctxlookup report: {mpath} is damaged") and err.count("\n") == 1

@@ -23,7 +23,9 @@ def _add_replicate(sub):
                         "2023 run, or ctxlookup's improvements; the options below override single rules "
                         "(default: %(default)s; see the README's protocol table)")
     p.add_argument("--model", default=d.model, help="checkpoint folder, Hugging Face repo id or alias (gpt2, pythia-160m, ...), or 'demo' (default)")
-    p.add_argument("--out", default=d.out, help="run directory (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="run directory (default: runs/<model>-<hash of the options>, so "
+                                                "different experiments get different folders; one run at a time "
+                                                "may use a folder)")
     p.add_argument("--corpus", help="corpus for prompts (JSONL[.gz], Parquet, folder of .txt); demo: bundled")
     p.add_argument("--test-corpus", help="disjoint corpus for test prompts")
     p.add_argument("--layers", type=_ints, help="comma-separated layers (default: METHOD per model size)")
@@ -131,6 +133,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        from .replicate import RUN_ERRORS
+
+        if isinstance(e, RUN_ERRORS):  # a run directory in use, damaged, of another run, or a full disk: one line
+            print(f"ctxlookup {args.command}: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ answer, WAL journal), keyed by a SHA-256 of (base_url, model, messages, paramete
 finished, interrupted (Ctrl-C) or killed run serves those answers from the file and sends only
 what is missing; identical requests inside one batch are sent once. Failed requests are not
 cached, so a rerun tries them again. The API key is not part of the key, nor stored anywhere.
+A file that is not a ctxlookup cache (damaged, or another program's) raises :class:`CacheError`
+naming it. When an answer cannot be written (a full disk), it is still returned and kept in
+memory for the rest of the process (answers already paid for are never dropped); the failure is
+reported once, as a :class:`CacheWriteWarning` and in :attr:`ResponseCache.write_error`, and the
+unsaved answers are written as soon as a later write succeeds. Answers are stored exactly, lone
+UTF-16 surrogates included (as UTF-8 with surrogates, in a BLOB).
 
 **Cost.** Usage reported by the server is accounted per ``stage=`` label, priced by
 :data:`PRICES` (USD per million input / output tokens; override with ``prices=``). Answers from
@@ -54,14 +60,15 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from . import _core
 
-__all__ = ["Client", "Result", "Estimate", "StageUsage", "ResponseCache", "PRICES", "estimate_tokens",
-           "default_cache_path"]
+__all__ = ["Client", "Result", "Estimate", "StageUsage", "ResponseCache", "CacheError", "CacheWriteWarning", "PRICES",
+           "estimate_tokens", "default_cache_path"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -213,6 +220,32 @@ class Estimate:
                 f"estimated cost ${self.cost:.4f} for {self.model} ({price})")
 
 
+class CacheError(RuntimeError):
+    """The cache file is damaged or is not a ctxlookup response cache."""
+
+
+class CacheWriteWarning(UserWarning):
+    """An answer could not be written to the cache file (a full disk); it is kept in memory."""
+
+
+_COLUMNS = ("key", "base_url", "model", "stage", "request", "content", "finish_reason", "response_model",
+            "prompt_tokens", "completion_tokens", "cost", "created")
+
+
+def _to_sql(x):
+    """A str SQLite can store: UTF-8 as it is; one with lone surrogates as UTF-8 bytes with surrogates."""
+    if isinstance(x, str):
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            return x.encode("utf-8", "surrogatepass")
+    return x
+
+
+def _from_sql(x):
+    return x.decode("utf-8", "surrogatepass") if isinstance(x, bytes) else x
+
+
 class ResponseCache:
     """The persistent answer store: a SQLite file, one row per answered request.
 
@@ -233,13 +266,25 @@ class ResponseCache:
         if fresh:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._lock = threading.Lock()
+        self._unsaved: Dict[str, tuple] = {}   # rows a write failed for (a full disk), kept for this process
+        self.write_error: Optional[str] = None  # the first write failure, if any
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        if fresh:
-            os.chmod(self.path, 0o600)  # prompts and answers may be private
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(self._SCHEMA)
+        try:
+            if fresh:
+                os.chmod(self.path, 0o600)  # prompts and answers may be private
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(self._SCHEMA)
+            cols = tuple(r[1] for r in self._db.execute("PRAGMA table_info(responses)"))
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise CacheError(f"{self.path} is not a readable ctxlookup response cache ({e}); move it aside (its "
+                             f"answers will be fetched, and paid for, again) or give another cache path") from None
+        if cols != _COLUMNS:
+            self._db.close()
+            raise CacheError(f"{self.path} holds a 'responses' table that is not a ctxlookup response cache "
+                             f"(columns {', '.join(cols)}); give another cache path")
 
     def get_many(self, keys: Sequence[str]) -> Dict[str, Dict[str, Any]]:
         """key -> row (a dict) for the keys present."""
@@ -248,22 +293,63 @@ class ResponseCache:
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                cur = self._db.execute(
-                    "SELECT key, content, finish_reason, prompt_tokens, completion_tokens, cost FROM responses "
-                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                try:
+                    cur = self._db.execute(
+                        "SELECT key, content, finish_reason, prompt_tokens, completion_tokens, cost FROM responses "
+                        f"WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                except sqlite3.DatabaseError as e:
+                    raise CacheError(f"{self.path} is damaged ({e}); move it aside (its answers will be fetched, "
+                                     f"and paid for, again) or give another cache path") from None
                 for key, content, fr, pt, ct, cost in cur:
-                    out[key] = {"content": content, "finish_reason": fr, "prompt_tokens": pt,
+                    out[key] = {"content": _from_sql(content), "finish_reason": _from_sql(fr), "prompt_tokens": pt,
                                 "completion_tokens": ct, "cost": cost}
+            for key in keys:
+                row = self._unsaved.get(key)
+                if row is not None and key not in out:
+                    out[key] = {"content": _from_sql(row[5]), "finish_reason": _from_sql(row[6]), "prompt_tokens": row[8],
+                                "completion_tokens": row[9], "cost": row[10]}
         return out
 
     def put(self, key: str, *, base_url: str, model: str, stage: str, request: str, content: Optional[str],
             finish_reason: Optional[str], response_model: Optional[str], prompt_tokens: Optional[int],
-            completion_tokens: Optional[int], cost: float) -> None:
-        """Store one answer (committed before returning); an existing row for the key is kept."""
+            completion_tokens: Optional[int], cost: float) -> bool:
+        """Store one answer (committed before returning); an existing row for the key is kept.
+
+        Never raises for a failed write (a full disk, an I/O error): the row is kept in memory
+        (:meth:`get_many` serves it), :attr:`write_error` says why, and False is returned; the
+        kept rows are written with the next write that succeeds."""
+        row = tuple(_to_sql(x) for x in (key, base_url, model, stage, request, content, finish_reason, response_model,
+                                         prompt_tokens, completion_tokens, cost, time.time()))
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                             (key, base_url, model, stage, request, content, finish_reason, response_model,
-                              prompt_tokens, completion_tokens, cost, time.time()))
+            try:
+                self._db.execute("INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            except (sqlite3.Error, OSError) as e:
+                self._unsaved[key] = row
+                if self.write_error is None:
+                    self.write_error = f"{type(e).__name__}: {e}"
+                return False
+            if self._unsaved:
+                self._flush_locked()
+        return not self._unsaved
+
+    def _flush_locked(self) -> None:
+        for k, row in list(self._unsaved.items()):
+            try:
+                self._db.execute("INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            except (sqlite3.Error, OSError):
+                return
+            del self._unsaved[k]
+
+    def flush(self) -> int:
+        """Try again to write the answers kept in memory; returns how many are still unsaved."""
+        with self._lock:
+            self._flush_locked()
+            return len(self._unsaved)
+
+    @property
+    def unsaved(self) -> int:
+        """Answers held in memory only, because writing them failed."""
+        return len(self._unsaved)
 
     def __len__(self) -> int:
         with self._lock:
@@ -363,6 +449,7 @@ class Client:
         else:
             cache_path = os.fspath(cache)
         self.cache = ResponseCache(cache_path)
+        self._cache_warned = False
         self.usage: Dict[str, StageUsage] = {}
         self.last_stats: Optional[Dict[str, Any]] = None
         self._limiter = (0.0, 0.0, 0.0)
@@ -427,7 +514,7 @@ class Client:
         request = json.dumps({"messages": messages, "params": params}, sort_keys=True, ensure_ascii=False,
                              separators=(",", ":"))
         ident = json.dumps([self.base_url, self.model], ensure_ascii=False) + request
-        return hashlib.sha256(ident.encode("utf-8")).hexdigest(), request
+        return hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest(), request
 
     # ---- requests ----
     def complete(self, messages: Messages, *, max_tokens: Optional[int] = None, temperature: Optional[float] = 0,
@@ -527,12 +614,16 @@ class Client:
                     pt, ct = u.get("prompt_tokens"), u.get("completion_tokens")
                     c = self.cost(pt, ct)
                     content = self._redact(d["content"])
-                    self.cache.put(k, base_url=self.base_url, model=self.model, stage=stage,
-                                   request=self._redact(request_json[k]), content=content,
-                                   finish_reason=self._redact(d["finish_reason"]), response_model=self._redact(d["model"]),
-                                   prompt_tokens=pt, completion_tokens=ct, cost=c)
+                    # the answer is paid for: it goes into the results first, and a cache that cannot
+                    # store it (a full disk) keeps it in memory and is reported once
                     assign(k, Result(content=content, usage=d["usage"], cached=False, finish_reason=d["finish_reason"],
                                      cost=c, attempts=d["attempts"], status=d["status"]))
+                    if not self.cache.put(k, base_url=self.base_url, model=self.model, stage=stage,
+                                          request=self._redact(request_json[k]), content=content,
+                                          finish_reason=self._redact(d["finish_reason"]),
+                                          response_model=self._redact(d["model"]), prompt_tokens=pt,
+                                          completion_tokens=ct, cost=c):
+                        self._warn_cache()
                     acct.requests += 1
                     acct.prompt_tokens += pt or 0
                     acct.completion_tokens += ct or 0
@@ -562,6 +653,20 @@ class Client:
             self._limiter = stats.pop("limiter")
             self.last_stats = stats
         return results  # type: ignore[return-value]
+
+    @property
+    def cache_error(self) -> Optional[str]:
+        """Why the cache could not store an answer (None if every write succeeded)."""
+        return self.cache.write_error
+
+    def _warn_cache(self) -> None:
+        if self._cache_warned:
+            return
+        self._cache_warned = True
+        warnings.warn(f"the LLM response cache {self.cache.path} cannot store answers ({self.cache.write_error}); "
+                      f"answers are kept in memory for this process and written when a write succeeds again; "
+                      f"free disk space, or a later run fetches (and pays for) them again",
+                      CacheWriteWarning, stacklevel=2)
 
     def _error_message(self, d: Dict[str, Any]) -> str:
         e, n, status = d["error"], d["attempts"], d["status"]

@@ -26,16 +26,36 @@ templates, LLM model and base URL without the key, token usage and cost, wall ti
 A rerun skips stages that are complete and valid; a run killed at any point and restarted
 finishes with the same result and no repeated LLM request (the scan checkpoints, LLM answers
 are cached as they arrive, tables are written atomically before a stage is marked complete).
+
+The manifest records each stage's output files with their sha256 (and, for Parquet, the schema:
+column names and types). A stage is complete only while its Parquet and CSV files are there with
+those hashes: a missing, damaged or replaced file makes the stage run again, and when that
+changes its outputs the stages after it run again too. One run at a time: a run holds an OS lock
+on ``run.lock`` in the directory (``fcntl.flock``, released by the kernel when the process dies,
+so a killed run never blocks the next); a second run on the directory raises :class:`RunLocked`
+at once, naming the first run's process id and host. Without ``out`` the directory is
+``runs/<model>-<hash>``, the hash of the options that differ from the defaults, so different
+experiments do not share a directory by default. A full disk raises :class:`DiskFull` and leaves
+no half-written file; a damaged or foreign manifest, table or checkpoint raises
+:class:`RunFileError` naming the file (never a raw parser traceback).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import socket
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -64,10 +84,51 @@ OUTPUTS = {
 
 EXCLUDED_TOKEN_COLUMNS = ["token_id", "token", "reason", "norm_z"]
 
+LOCK_FILE = "run.lock"
+
 
 class RunMismatch(ValueError):
     """The output folder holds a run made with other options or other model files: resuming it
     would mix two runs' tables."""
+
+
+class RunLocked(RuntimeError):
+    """Another run (this process or another, on this host or another sharing the folder) is
+    working on the run directory; ``holder`` is what it wrote into the lock file (pid, host,
+    started, command), empty if unknown."""
+
+    def __init__(self, directory: str, holder: dict):
+        self.directory, self.holder = directory, holder
+        who = (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}" if holder else
+               "another process (it has not written its id)")
+        since = f", started {holder['started']}" if holder.get("started") else ""
+        super().__init__(f"{directory} is in use by {who}{since}; wait for it to finish, or use another --out")
+
+
+class RunFileError(ValueError):
+    """A file of the run directory is damaged or is not what ctxlookup wrote (the message names
+    the file and how to repair the run)."""
+
+
+class DiskFull(OSError):
+    """No space left on the device (or quota) for the run directory; nothing half-written is left
+    behind, and rerunning the same command after freeing space resumes the run."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether an OSError (or pyarrow's, or SQLite's) says the disk or quota is full."""
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(w in text for w in ("No space left on device", "Disk quota exceeded", "database or disk is full",
+                                   f"errno {errno.ENOSPC}]", f"Errno {errno.ENOSPC}]"))
 
 
 @dataclass
@@ -75,7 +136,7 @@ class Options:
     """Every option of a replication (the CLI's flags, one to one)."""
 
     model: str = "demo"
-    out: str = "runs/replicate"
+    out: Optional[str] = None                     # default: default_out(options), runs/<model>-<hash>
     protocol: str = "paper"                       # ctxlookup.protocols: "paper", "authors-2023" or "ctxlookup"
     corpus: Optional[str] = None
     test_corpus: Optional[str] = None
@@ -116,6 +177,29 @@ class Options:
         return d
 
 
+def _templates(version: str) -> dict:
+    """The prompt texts a run sends, for its manifest: ctxlookup's templates, or, for the authors'
+    versions (assembled piece by piece in explain.py), each request built with placeholders."""
+    from .explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE, build_classify_prompt, build_explain_prompt
+
+    if version == "ctxlookup":
+        return dict(version=version, explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE)
+    return dict(version=version,
+                explain=build_explain_prompt("{token}", ["{active prompt}"], ["{inactive prompt}"], version=version),
+                classify=build_classify_prompt("{explanation}", "{test prompt}", "{token}", version=version))
+
+
+def default_out(opts: Options) -> str:
+    """``runs/<model>-<hash>``: the model's last path component, and the first 8 hex digits of the
+    sha256 of the model as given and the result-determining options that differ from their
+    defaults (an option added in a later version leaves existing experiments' folders unchanged)."""
+    base = Options(model=opts.model).key()
+    changed = {k: v for k, v in opts.key().items() if k == "model" or base.get(k) != v}
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(str(opts.model)))).strip("._") or "model"
+    return os.path.join("runs", f"{name}-{digest}")
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,11 +208,33 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _disk_full_error(directory: str, what: str, e: BaseException) -> DiskFull:
+    try:
+        free = f"{shutil.disk_usage(directory).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(f"no space left on the device of {directory} while writing {what} ({free}; {e}); "
+                    f"free some space and rerun the same command to resume")
+
+
 def _atomic_json(path: str, obj) -> None:
     tmp = path + ".incomplete"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove(tmp)
+        if isinstance(e, OSError) and _disk_full(e):
+            raise _disk_full_error(os.path.dirname(path), os.path.basename(path), e) from None
+        raise
 
 
 def _json_default(o):
@@ -145,8 +251,72 @@ def _json_default(o):
     return str(o)
 
 
+class _DirLock:
+    """An exclusive ``fcntl.flock`` on ``DIR/run.lock``, whose content names the holder (JSON: pid,
+    host, started, command). The kernel drops the lock when its process dies, so a lock file left
+    by a killed run blocks nothing; the file itself is never deleted (that would let two processes
+    lock two different files of one name)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise RunLocked(self.directory, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  command=" ".join(sys.argv)[:2000])
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only the name is missing
+        self.fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        deadline = time.monotonic() + 1.0  # the holder writes its id just after it locks
+        while True:
+            try:
+                text = os.pread(fd, 8192, 0).decode("utf-8", "replace")
+                holder = json.loads(text)
+                if isinstance(holder, dict):
+                    return holder
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                return {}
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+
+
+def _file_id(path: str):
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Run:
-    """A run directory: tables, manifest, and the stages' state."""
+    """A run directory: tables, manifest, and the stages' state.
+
+    :meth:`run` holds the directory's lock for its whole duration (see :class:`RunLocked`) and
+    reads the manifest again under it, so a run that finished meanwhile is seen."""
 
     def __init__(self, opts: Options):
         if int(opts.evidence_docs) < 0:
@@ -159,19 +329,42 @@ class Run:
                                       truncation=opts.truncation, low=opts.low, high=opts.high,
                                       prompts_per_neuron=opts.prompts_per_neuron,
                                       test_prompts_per_neuron=opts.test_prompts_per_neuron)
-        self.dir = os.path.abspath(opts.out)
+        self.dir = os.path.abspath(opts.out or default_out(opts))
         os.makedirs(self.dir, exist_ok=True)
         self.manifest_path = os.path.join(self.dir, "manifest.json")
-        self.manifest = self._load_manifest()
+        self._manifest_id = None
+        self._lock = _DirLock(self.dir)
+        try:
+            self.manifest = self._load_manifest()
+        except RunMismatch:
+            with self.locked():  # a run of other options still at work: say that (RunLocked), not RunMismatch
+                pass
+            raise
         self._model = None
         self._client = None
+        self._written: Dict[str, dict] = {}
         self.tables: Dict[str, pd.DataFrame] = {}
 
     # ------------------------------------------------------------------ manifest
+    def _read_manifest_file(self) -> dict:
+        """The manifest on disk, checked to be one ctxlookup wrote (else :class:`RunFileError`)."""
+        what = f"{self.manifest_path} is damaged or not a ctxlookup run manifest"
+        fix = "move the folder aside (or delete it) to start over, or use another --out"
+        try:
+            with open(self.manifest_path, "rb") as f:
+                ident = os.fstat(f.fileno())
+                m = json.loads(f.read().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise RunFileError(f"{what} ({type(e).__name__}: {e}); {fix}") from None
+        if not isinstance(m, dict) or not isinstance(m.get("options_key"), dict) or not isinstance(m.get("stages"), dict) \
+                or not all(isinstance(r, dict) for r in m["stages"].values()):
+            raise RunFileError(f"{what} (expected a JSON object with 'options_key' and 'stages' objects); {fix}")
+        self._manifest_id = (ident.st_ino, ident.st_size, ident.st_mtime_ns)
+        return m
+
     def _load_manifest(self) -> dict:
         if os.path.exists(self.manifest_path):
-            with open(self.manifest_path) as f:
-                m = json.load(f)
+            m = self._read_manifest_file()
             # an option added after the run was made counts as its default
             defaults = {f.name: f.default for f in dataclasses.fields(Options) if f.default is not dataclasses.MISSING}
             old = dict({k: v for k, v in defaults.items() if k in self.opts.key()}, **m.get("options_key", {}))
@@ -181,42 +374,92 @@ class Run:
                                  f"use another --out, or the same options to resume")
             return m
         from . import __version__
-        from .explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
 
         return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
                     protocol=self.protocol.as_dict(),
-                    templates=dict(explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE),
+                    templates=_templates(self.protocol.template_version),
                     seeds=dict(random_neurons=self.opts.seed),
                     python=sys.version.split()[0], platform=platform.platform(),
                     numpy=np.__version__, pandas=pd.__version__)
 
+    def _reload_if_changed(self) -> None:
+        """Under the lock: take the manifest as another run left it, if it changed since we read it."""
+        try:
+            now = _file_id(self.manifest_path)
+        except FileNotFoundError:
+            now = None
+        if now != self._manifest_id and now is not None:
+            self.manifest = self._load_manifest()
+            self.tables.clear()
+            self._model = None   # re-checked against the manifest's model files when next used
+            self._client = None
+
     def save_manifest(self) -> None:
         _atomic_json(self.manifest_path, self.manifest)
+        self._manifest_id = _file_id(self.manifest_path)
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run directory's lock (re-entrant within this Run); raises :class:`RunLocked`
+        at once when another run holds it."""
+        if self._lock.fd is not None:
+            yield self
+            return
+        self._lock.acquire()
+        try:
+            yield self
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ tables
     def path(self, name: str, ext: str = "parquet") -> str:
         return os.path.join(self.dir, f"{name}.{ext}")
 
     def write(self, name: str, df: pd.DataFrame) -> None:
-        """Write a table as Parquet and CSV, atomically. Its ``attrs`` go to the manifest (the stage
-        returns them), not into the files."""
+        """Write a table as Parquet and CSV, atomically, and note their sha256 and the Parquet schema
+        for the manifest. Its ``attrs`` go to the manifest (the stage returns them), not into the
+        files. A full disk raises :class:`DiskFull` and leaves no ``.incomplete`` file."""
+        import pyarrow.parquet as pq
+
         attrs, df.attrs = df.attrs, {}
+        rec: dict = {}
+        tmp = None
         try:
             for ext in ("parquet", "csv"):
                 tmp = self.path(name, ext) + ".incomplete"
                 if ext == "parquet":
                     df.to_parquet(tmp, index=False)
+                    schema = pq.read_schema(tmp)
+                    rec["schema"] = [[f.name, str(f.type)] for f in schema]
                 else:
                     df.to_csv(tmp, index=False)
+                rec[ext] = dict(sha256=_sha256(tmp), bytes=os.path.getsize(tmp))
                 os.replace(tmp, self.path(name, ext))
+                tmp = None
+        except BaseException as e:
+            if tmp is not None:
+                _remove(tmp)
+            if isinstance(e, OSError) and _disk_full(e):
+                raise _disk_full_error(self.dir, f"table {name}", e) from None
+            raise
         finally:
             df.attrs = attrs
+        rec["rows"] = int(len(df))
+        self._written[name] = rec
         self.tables[name] = df
 
     def read(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
-            df = pd.read_parquet(self.path(name))
+            p = self.path(name)
+            try:
+                df = pd.read_parquet(p)
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # pyarrow's errors for a damaged file are many (OSError, ArrowInvalid, ...)
+                raise RunFileError(f"{p} is damaged ({type(e).__name__}: {e}); rerun the same replicate command "
+                                   f"on {self.dir} to redo its stage") from None
             df.attrs.update(self.manifest["stages"].get(self._stage_of(name), {}).get("attrs", {}).get(name, {}))
             self.tables[name] = df
         return self.tables[name]
@@ -226,15 +469,78 @@ class Run:
         return next(s for s, outs in OUTPUTS.items() if table in outs)
 
     def complete(self, stage: str) -> bool:
+        """Whether the stage ran to the end and its output files are as it wrote them."""
+        return self.problem(stage) is None
+
+    def problem(self, stage: str) -> Optional[str]:
+        """Why the stage must run (again), or None when it is complete and its outputs intact:
+        a Parquet or CSV file missing, or not the file the stage wrote (sha256), or a figure so."""
         rec = self.manifest["stages"].get(stage)
         if not rec or not rec.get("complete"):
-            return False
+            return "not run to the end"
+        outputs = rec.get("outputs")
+        if not isinstance(outputs, dict):
+            return self._adopt_legacy(stage, rec)
+        for name in OUTPUTS[stage]:
+            want = outputs.get(name)
+            if not isinstance(want, dict):
+                return f"{name} is not in the manifest"
+            for ext in ("parquet", "csv"):
+                bad = self._file_problem(f"{name}.{ext}", (want.get(ext) or {}).get("sha256"))
+                if bad:
+                    return bad
+        for f, h in (rec.get("files") or {}).items():
+            bad = self._file_problem(f, h)
+            if bad:
+                return bad
+        return None
+
+    def _file_problem(self, fname: str, sha: Optional[str]) -> Optional[str]:
+        p = os.path.join(self.dir, fname)
+        if not os.path.isfile(p):
+            return f"{fname} is missing"
+        if _sha256(p) != sha:
+            return f"{fname} is not the file the stage wrote (sha256 differs)"
+        return None
+
+    def _adopt_legacy(self, stage: str, rec: dict) -> Optional[str]:
+        """A stage recorded before outputs had hashes: valid if every Parquet file reads in full and
+        its CSV twin reads; then its hashes are recorded (saved with the next manifest write)."""
+        import pyarrow.parquet as pq
+
+        outputs = {}
         for name in OUTPUTS[stage]:
             try:
-                pd.read_parquet(self.path(name), columns=[])
-            except Exception:
-                return False  # missing or unreadable: redo the stage
-        return True
+                table = pq.read_table(self.path(name))
+                pd.read_csv(self.path(name, "csv"), nrows=1)
+            except FileNotFoundError as e:
+                return f"{os.path.basename(e.filename or name)} is missing"
+            except Exception as e:
+                return f"{name} does not read ({type(e).__name__}: {e})"
+            outputs[name] = {"schema": [[f.name, str(f.type)] for f in table.schema], "rows": int(table.num_rows),
+                             **{ext: dict(sha256=_sha256(self.path(name, ext)), bytes=os.path.getsize(self.path(name, ext)))
+                                for ext in ("parquet", "csv")}}
+        rec["outputs"] = outputs
+        return None
+
+    def _check_checkpoints(self) -> None:
+        """A scan checkpoint that does not read (damaged, truncated, not ours) is removed with a note:
+        it holds only progress, and the scan starts over without it."""
+        for p in glob.glob(os.path.join(glob.escape(self.dir), "*.ckpt.npz")):
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    for k in z.files:
+                        z[k]
+                    json.loads(str(z["meta"]))
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+                print(f"replicate: {p} is damaged ({type(e).__name__}: {e}); removed, its scan starts over",
+                      file=sys.stderr)
+                _remove(p)
+
+    def _cleanup_incomplete(self) -> None:
+        """Half-written files of this run (we hold the lock, so every one is ours)."""
+        for p in glob.glob(os.path.join(glob.escape(self.dir), "*.incomplete*")):
+            _remove(p)
 
     # ------------------------------------------------------------------ resources
     @property
@@ -289,21 +595,53 @@ class Run:
 
     # ------------------------------------------------------------------ running
     def run(self, until: Optional[str] = None) -> dict:
+        """Run the stages up to ``until`` (all by default) that are not complete, holding the run
+        directory's lock throughout. A stage whose outputs come out different from what the manifest
+        recorded (it was damaged and redone, or never recorded) makes the stages after it run
+        again; a full disk raises :class:`DiskFull` with no half-written file left."""
         stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
-        for stage in stages:
-            if self.complete(stage):
-                continue
-            t0 = time.perf_counter()
-            attrs = getattr(self, f"_stage_{stage}")() or {}
-            rec = dict(complete=True, wall_s=round(time.perf_counter() - t0, 3), attrs=attrs,
-                       finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            if self._client is not None and hasattr(self._client, "usage"):
-                rec["llm_usage"] = _usage_dict(self._client)
-            self.manifest["stages"][stage] = rec
-            self.save_manifest()
-        if self._client is not None:
-            self.manifest["llm_usage"] = _usage_dict(self._client)
-            self.save_manifest()
+        with self.locked():
+            self._reload_if_changed()
+            self._check_checkpoints()
+            doing = "the manifest"
+            try:
+                for stage in stages:
+                    why = self.problem(stage)
+                    if why is None:
+                        continue
+                    old = self.manifest["stages"].get(stage) or {}
+                    if old.get("complete") and self.opts.progress:
+                        print(f"replicate: redoing {stage}: {why}", file=sys.stderr)
+                    self._written, doing = {}, f"stage {stage}"
+                    t0 = time.perf_counter()
+                    attrs = getattr(self, f"_stage_{stage}")() or {}
+                    rec = dict(complete=True, wall_s=round(time.perf_counter() - t0, 3), attrs=attrs,
+                               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               outputs={n: self._written[n] for n in OUTPUTS[stage]})
+                    figures = [f for f in attrs.get("figures", []) if isinstance(f, str)] if isinstance(attrs, dict) else []
+                    if figures:
+                        rec["files"] = {f: _sha256(os.path.join(self.dir, f)) for f in figures}
+                    if self._client is not None and hasattr(self._client, "usage"):
+                        rec["llm_usage"] = _usage_dict(self._client)
+                    if getattr(self._client, "cache_error", None):
+                        rec["llm_cache_error"] = self._client.cache_error
+                    if _fingerprint(old) != _fingerprint(json.loads(json.dumps(rec, default=_json_default))):
+                        # the later stages used other inputs: they run again
+                        for later in STAGES[STAGES.index(stage) + 1:]:
+                            self.manifest["stages"].pop(later, None)
+                    self.manifest["stages"][stage] = rec
+                    doing = "the manifest"
+                    self.save_manifest()
+                if self._client is not None:
+                    self.manifest["llm_usage"] = _usage_dict(self._client)
+                    self.save_manifest()
+            except OSError as e:
+                if not _disk_full(e):
+                    raise
+                self._cleanup_incomplete()
+                if isinstance(e, DiskFull):
+                    raise
+                raise _disk_full_error(self.dir, doing, e) from None
         return self.manifest
 
     # ------------------------------------------------------------------ stages
@@ -550,6 +888,34 @@ def evidence_summary(manifest: dict) -> List[str]:
     return lines
 
 
+def repair_command(manifest: dict, directory: str) -> str:
+    """The ``ctxlookup replicate`` command that resumes the run in ``directory`` (its options as the
+    manifest records them, the defaults left out): it redoes the stages whose files are damaged."""
+    import shlex
+
+    opts = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    defaults = dataclasses.asdict(Options())
+    words = ["ctxlookup", "replicate", "--model", str(opts.get("model", "demo")), "--out", directory]
+    for k, v in opts.items():
+        if k in ("model", "out", "progress") or k not in defaults or v == defaults[k]:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            words.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, list) or v is None:
+            words += [flag, ",".join(map(str, v or []))]
+        else:
+            words += [flag, str(v)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _fingerprint(rec: dict):
+    """What the later stages depend on in a stage record: its outputs' hashes and its attrs."""
+    outs = rec.get("outputs") or {}
+    return ({n: {e: (o.get(e) or {}).get("sha256") for e in ("parquet", "csv")} for n, o in outs.items()},
+            rec.get("attrs"), rec.get("files"))
+
+
 def _usage_dict(client) -> dict:
     u = getattr(client, "usage", None)
     if isinstance(u, dict):
@@ -557,10 +923,23 @@ def _usage_dict(client) -> dict:
     return dict(u or {})
 
 
-def replicate(model: str = "demo", out: str = "runs/replicate", until: Optional[str] = None, **options) -> Run:
+def _run_errors():
+    from .llm import CacheError
+
+    return (RunLocked, RunMismatch, RunFileError, DiskFull, CacheError)
+
+
+#: the errors that say what is wrong with a run directory in one line (the CLI prints them so, exit 2)
+RUN_ERRORS = _run_errors()
+
+
+def replicate(model: str = "demo", out: Optional[str] = None, until: Optional[str] = None, **options) -> Run:
     """Run (or resume) a replication; returns the :class:`Run` (tables via ``run.read(name)``).
 
-    Keyword options are :class:`Options` fields; ``until`` stops after that stage.
+    Keyword options are :class:`Options` fields; ``until`` stops after that stage. ``out``: the run
+    directory (default :func:`default_out`: ``runs/<model>-<hash of the options>``). Raises
+    :class:`RunLocked` when another run is working on it, :class:`RunMismatch` when it holds another
+    experiment, :class:`RunFileError` for a damaged manifest, :class:`DiskFull` for a full disk.
     """
     opts = Options(model=model, out=out, **options)
     if until is not None and until not in STAGES:

@@ -425,8 +425,20 @@ def _token_strings(tok, ids) -> List[str]:
 
 
 def _load_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A run's manifest, checked to be one (else a RunFileError naming the file, not a parser traceback)."""
+    from .replicate import RunFileError
+
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        m, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "expected a JSON object with 'options' and 'stages' objects"
+    if not isinstance(m, dict) or not isinstance(m.get("options", {}), dict) or not isinstance(m.get("stages", {}), dict) \
+            or not all(isinstance(r, dict) for r in m.get("stages", {}).values()):
+        raise RunFileError(f"{path} is damaged or not a ctxlookup run manifest ({why}); the run cannot be reported")
+    return m
 
 
 class RunData:
@@ -468,9 +480,34 @@ class RunData:
     def table(self, name: str) -> pd.DataFrame:
         """A table of the run (an empty DataFrame when the run has not written it)."""
         if name not in self._tables:
-            p = os.path.join(self.dir, f"{name}.parquet")
-            self._tables[name] = pd.read_parquet(p) if os.path.exists(p) else pd.DataFrame()
+            self._tables[name] = self._read_table(name)
         return self._tables[name]
+
+    def _read_table(self, name: str) -> pd.DataFrame:
+        """A table as its stage wrote it: a file that the manifest records and that is missing, not
+        the recorded file (sha256) or unreadable raises RunFileError naming it and the command that
+        redoes its stage; a table of a stage that has not run is empty."""
+        from .replicate import OUTPUTS, RunFileError, _sha256, repair_command
+
+        p = os.path.join(self.dir, f"{name}.parquet")
+        stage = next((s for s, outs in OUTPUTS.items() if name in outs), None)
+        rec = self.manifest.get("stages", {}).get(stage, {}) if stage else {}
+        want = ((rec.get("outputs") or {}).get(name) or {}).get("parquet", {}).get("sha256") if rec.get("complete") else None
+
+        def damaged(why: str):
+            return RunFileError(f"{p} {why}; to redo its stage ({stage}) run: "
+                                f"{repair_command(self.manifest, self.dir)}")
+
+        if not os.path.exists(p):
+            if want:
+                raise damaged("is missing")
+            return pd.DataFrame()
+        if want and _sha256(p) != want:
+            raise damaged("is not the file its stage wrote (its sha256 differs from manifest.json)")
+        try:
+            return pd.read_parquet(p)
+        except Exception as e:  # pyarrow's errors for a damaged file are many (OSError, ArrowInvalid, ...)
+            raise damaged(f"is damaged ({type(e).__name__}: {e})") from None
 
     def has(self, name: str) -> bool:
         return len(self.table(name).columns) > 0
