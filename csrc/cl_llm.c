@@ -140,11 +140,79 @@ static int read_error(const cJSON *root, cl_llm_response *out) {
     return 1;
 }
 
+static int hex4(const char *p, const char *end, unsigned *v) {
+    if (end - p < 4) return 0;
+    unsigned x = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        x <<= 4;
+        if (c >= '0' && c <= '9') x |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') x |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') x |= (unsigned)(c - 'A' + 10);
+        else return 0;
+    }
+    *v = x;
+    return 1;
+}
+
+/* JSON allows a lone UTF-16 surrogate escape ("\ud800"), which cJSON rejects, and a model can send
+ * one (a split emoji, say). Rewrites a copy of body[len] with each lone surrogate escape inside a
+ * string as its 3-byte generalized UTF-8 form (ED A0 80 for U+D800), which cJSON passes through and
+ * the binding decodes with "surrogatepass", so the answer is kept exactly. Returns NULL when body
+ * has no lone surrogate (or on out of memory: the caller then parses the original). */
+static char *wtf8_lone_surrogates(const char *body, size_t len, size_t *out_len) {
+    const char *end = body + len;
+    char *out = NULL;
+    size_t n = 0;
+    int in_str = 0;
+    for (const char *p = body; p < end; p++) {
+        char c = *p;
+        const char *copy = p;
+        size_t copy_n = 1;
+        unsigned u = 0, lo = 0;
+        if (!in_str) {
+            if (c == '"') in_str = 1;
+        } else if (c == '"') {
+            in_str = 0;
+        } else if (c == '\\' && p + 1 < end) {
+            if (p[1] == 'u' && hex4(p + 2, end, &u) && u >= 0xD800 && u <= 0xDFFF) {
+                int pair = u <= 0xDBFF && end - (p + 6) >= 6 && p[6] == '\\' && p[7] == 'u' && hex4(p + 8, end, &lo) &&
+                           lo >= 0xDC00 && lo <= 0xDFFF;
+                if (!pair) {
+                    if (!out) {  /* first lone surrogate: start the copy with what came before */
+                        out = malloc(len + 1);
+                        if (!out) return NULL;
+                        memcpy(out, body, (size_t)(p - body));
+                        n = (size_t)(p - body);
+                    }
+                    out[n++] = (char)(0xE0 | (u >> 12));
+                    out[n++] = (char)(0x80 | ((u >> 6) & 0x3F));
+                    out[n++] = (char)(0x80 | (u & 0x3F));
+                    p += 5;
+                    continue;
+                }
+                copy_n = 12;  /* a valid pair: both escapes as they are */
+            } else {
+                copy_n = 2;   /* any other escape, \\ and \" included */
+            }
+        }
+        if (copy + copy_n > end) copy_n = (size_t)(end - copy);
+        if (out) memcpy(out + n, copy, copy_n);
+        n += copy_n;
+        p += copy_n - 1;
+    }
+    if (out) { out[n] = 0; *out_len = n; }
+    return out;
+}
+
 cl_status cl_llm_response_parse(const char *body, size_t len, cl_llm_response *out, cl_error *err) {
     memset(out, 0, sizeof *out);
     out->prompt_tokens = out->completion_tokens = out->total_tokens = -1;
     cl_status st = CL_OK;
     const char *ep = NULL;
+    size_t fixed_len = 0;
+    char *fixed = wtf8_lone_surrogates(body, len, &fixed_len);
+    if (fixed) { body = fixed; len = fixed_len; }
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &ep, 0);
     if (!root || !cJSON_IsObject(root)) {
         if (!root) st = cl_fail(err, CL_EFORMAT, "invalid JSON near byte %ld of %zu", ep ? (long)(ep - body) : -1L, len);
@@ -180,6 +248,7 @@ cl_status cl_llm_response_parse(const char *body, size_t len, cl_llm_response *o
     }
 done:
     cJSON_Delete(root);
+    free(fixed);
     return st;
 }
 

@@ -120,8 +120,18 @@ static int check_body(void *vctx, size_t i, const cl_http_result *r, char *why, 
     return CL_HTTP_ACCEPT;
 }
 
+/* UTF-8 text from a server as str: lone surrogates (cl_llm_response_parse keeps a "\\ud800" escape as
+ * its 3-byte form) come back as they were sent; other invalid bytes become U+FFFD. */
+static PyObject *server_text(const char *v) {
+    Py_ssize_t n = (Py_ssize_t)strlen(v);
+    PyObject *o = PyUnicode_DecodeUTF8(v, n, "surrogatepass");
+    if (o || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return o;
+    PyErr_Clear();
+    return PyUnicode_DecodeUTF8(v, n, "replace");
+}
+
 static int set_str(PyObject *d, const char *k, const char *v) {
-    PyObject *o = v ? PyUnicode_DecodeUTF8(v, (Py_ssize_t)strlen(v), "replace") : new_ref(Py_None);
+    PyObject *o = v ? server_text(v) : new_ref(Py_None);
     if (!o) return -1;
     int rc = PyDict_SetItemString(d, k, o);
     Py_DECREF(o);

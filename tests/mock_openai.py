@@ -17,6 +17,8 @@ Faults are asked for in the prompt text (the last message), so each request can 
                              (libcurl itself retries this once on a reused connection)
     [fault 400]              every attempt gets 400 with an OpenAI-style error object (no "xN": always)
     [fault echoauth]         every attempt gets 401 whose error message quotes the Authorization header
+    [fault surrogate]        the answer ends with a lone UTF-16 surrogate escape ("\\ud83d", half an emoji),
+                             valid JSON that a model can send
 
 Server-wide settings: ``latency`` (seconds before each answer), ``burst=(n, window_s)`` (more than
 n requests within window_s seconds get 429 with ``Retry-After: burst_retry_after``), ``api_key``
@@ -193,6 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(mock.latency)
         max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
         content = mock_answer(messages, max_tokens)
+        if "[fault surrogate]" in prompt:
+            content += "\ud83d"  # json.dumps writes it as the escape "\\ud83d"
         usage = mock_usage(messages, max_tokens)
         body = {"id": f"chatcmpl-{attempt}", "object": "chat.completion", "created": int(t), "model": req.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},

@@ -497,3 +497,18 @@ def test_cache_stores_lone_surrogates_exactly(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT typeof(content), typeof(request) FROM responses WHERE key='k1'").fetchone() == ("blob", "blob")
         assert db.execute("SELECT typeof(content) FROM responses WHERE key='k2'").fetchone() == ("text",)
+
+
+def test_answer_with_a_lone_surrogate_is_kept_not_retried(srv, tmp_path):
+    """JSON allows a lone surrogate escape ("\\ud83d", half an emoji); such an answer is a valid,
+    paid-for answer: returned exactly once, cached exactly, never retried as malformed."""
+    c = make_client(srv, tmp_path)
+    prompt = "split emoji [fault surrogate]"
+    r = c.complete(prompt, max_tokens=20)
+    assert r.error is None and r.content == mock_answer([{"role": "user", "content": prompt}], 20) + "\ud83d"
+    assert srv.count(prompt) == 1
+    again = make_client(srv, tmp_path).complete(prompt, max_tokens=20)  # from the response cache
+    assert again.content == r.content and again.cached and srv.count(prompt) == 1
+    # the core's parser: a lone surrogate anywhere, next to escaped backslashes, quotes and a valid pair
+    body = b'{"choices":[{"message":{"content":"x\\ud83d\\ude00y \\\\ud800 \\"q\\" \\udc00 \\ud800"}}]}'
+    assert _core._llm_parse(body)["content"] == json.loads(body)["choices"][0]["message"]["content"]

@@ -75,6 +75,16 @@ static void test_parse(void) {
         CHECK(cl_llm_response_parse(bad[i], strlen(bad[i]), &p, &err) == CL_EFORMAT, "malformed %zu accepted", i);
         cl_llm_response_free(&p);
     }
+    /* a lone surrogate escape is kept as its 3-byte form; a pair, escaped backslashes and quotes as JSON says;
+       a truncated lone escape at the end of the body is still malformed */
+    const char *sur = "{\"choices\":[{\"message\":{\"content\":\"a\\ud83d\\ude00b\\\\ud800\\\"\\udc00\"}}]}";
+    CHECK(cl_llm_response_parse(sur, strlen(sur), &p, &err) == CL_OK &&
+              !strcmp(p.content, "a\xf0\x9f\x98\x80" "b\\ud800\"\xed\xb0\x80"),
+          "lone surrogate: %s", err.msg);
+    cl_llm_response_free(&p);
+    const char *sur_cut = "{\"choices\":[{\"message\":{\"content\":\"a\\ud80";
+    CHECK(cl_llm_response_parse(sur_cut, strlen(sur_cut), &p, &err) == CL_EFORMAT, "cut escape accepted");
+    cl_llm_response_free(&p);
     /* not NUL-terminated at len: only len bytes are read */
     const char *trunc = "{\"choices\":[{\"message\":{\"content\":\"a\"}}]}GARBAGE";
     CHECK(cl_llm_response_parse(trunc, strlen(trunc) - 7, &p, &err) == CL_OK && !strcmp(p.content, "a"), "length respected");
