@@ -305,7 +305,7 @@ class Model:
 
     # ------------------------------------------------------------------ running
     def __call__(self, tokens: TokensLike, return_type: Optional[str] = "logits", loss_per_token: bool = False,
-                 lengths=None, attention_mask=None, logits_pos: Optional[str] = None):
+                 lengths=None, attention_mask=None, logits_pos: Optional[str] = None, past_kv_cache=None):
         """Run the model, as TransformerLens's ``forward``. ``return_type``: ``"logits"``
         ``(batch, pos, d_vocab)`` float32; ``"loss"``: the mean cross-entropy of predicting token
         t+1 at position t over real tokens (``loss_per_token=True``: ``(batch, pos - 1)``, 0 where
@@ -316,14 +316,129 @@ class Model:
         computed on real tokens only and the loss skips padding, as TransformerLens's loss with an
         attention mask. (TransformerLens itself runs a right-padded batch of texts without a mask,
         so its loss there also counts predictions of pad tokens.)
+
+        ``past_kv_cache`` (from :meth:`kv_cache`): the tokens continue each row's cached positions
+        (positions, rotary and attention go on from there) and only they are computed; their keys
+        and values are added to the cache. The loss then covers the new tokens only.
         """
         _check_return_type(return_type, logits_pos)
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
         logits, _ = self._core.forward(packed, lens, T, logits=return_type is not None,
-                                       logits_last=_logits_last(logits_pos))
+                                       logits_last=_logits_last(logits_pos), kv=past_kv_cache)
         return _output(logits, return_type, loss_per_token, packed, lens)
 
     forward = __call__
+
+    def kv_cache(self, batch_size: int = 1, capacity: Optional[int] = None) -> "_core.KVCache":
+        """An empty key-value cache for ``model(tokens, past_kv_cache=cache)``: ``batch_size``
+        sequences of up to ``capacity`` positions each (default and most: ``n_ctx``); float32, in
+        the C core, ``n_layers * batch_size * capacity * d_model * 8`` bytes. ``cache.lengths``:
+        the positions each sequence holds."""
+        return self._core.kv_cache(int(batch_size), -1 if capacity is None else int(capacity))
+
+    def generate(self, input: Union[str, Sequence[str], np.ndarray] = "", max_new_tokens: int = 10,
+                 stop_at_eos: bool = True, eos_token_id: Union[int, Sequence[int], None] = None, do_sample: bool = True,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, temperature: float = 1.0,
+                 freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool = True,
+                 return_type: Optional[str] = "input", verbose: bool = False, seed: Optional[int] = None):
+        """Continue text or tokens, as TransformerLens's ``generate``.
+
+        ``input``: a string, a list of strings (left-padded with the pad id in the output, as
+        TransformerLens), or token ids ``(n,)`` / ``(batch, n)`` (every id real). Each step
+        samples from the last position's logits: greedy (argmax) with ``do_sample=False`` or
+        ``temperature=0``; else softmax(logits / temperature) restricted to the ``top_k`` most
+        likely tokens or to the smallest set whose probability reaches ``top_p`` (TransformerLens
+        applies ``top_k`` first and ignores ``top_p`` when both are given), with ``freq_penalty``
+        times each token's count so far subtracted; ``seed`` makes sampling reproducible (NumPy's
+        PCG64). ``stop_at_eos``: a row that produced ``eos_token_id`` (default: the tokenizer's
+        or config's; an int or a list) gets it from then on, and generation ends when every row has.
+
+        ``use_past_kv_cache`` keeps each layer's keys and values in the C core so a new token
+        costs one position; False recomputes the whole sequence each step (same tokens; for
+        checking). ``return_type``: ``"input"`` (text for text input, tokens for tokens),
+        ``"str"`` (special tokens dropped) or ``"tokens"``: the input followed by the new tokens,
+        ``(batch, prompt + new)`` int32. ``verbose``: a progress bar.
+        """
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if freq_penalty < 0:
+            raise ValueError(f"freq_penalty must be non-negative, got {freq_penalty}")
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            kind = "str" if isinstance(input, str) else "list"
+            prompt, lens = self.to_tokens(input, prepend_bos=prepend_bos, truncate=False, return_lengths=True,
+                                          padding_side="left")
+            rows = [prompt[b, prompt.shape[1] - n:] for b, n in enumerate(lens)]
+        else:
+            kind = "tokens"
+            prompt = _int_array(input, "generate: input")
+            if prompt.ndim == 1:
+                prompt = prompt[None]
+            if prompt.ndim != 2 or prompt.shape[1] == 0:
+                raise ValueError(f"generate: token input must be (n,) or (batch, n) with n >= 1, got shape {prompt.shape}")
+            prompt = prompt.astype(np.int32)
+            rows = list(prompt)
+        if return_type == "input":
+            return_type = "tokens" if kind == "tokens" else "str"
+        stop_ids: list = []
+        if stop_at_eos:
+            eos = self.eos_token_id if eos_token_id is None else eos_token_id
+            if eos is None:
+                raise ValueError("stop_at_eos=True needs eos_token_id: neither the tokenizer nor config.json names one")
+            stop_ids = [int(eos)] if np.isscalar(eos) else [int(e) for e in eos]
+        pad_id = stop_ids[0] if stop_ids else 0
+        if stop_at_eos and self.tokenizer is not None and getattr(self.tokenizer, "eos_token_id", None) in stop_ids:
+            pad_id = self.tokenizer.eos_token_id
+        B = len(rows)
+        longest = max(len(r) for r in rows) + max_new_tokens
+        if longest > self.cfg.n_ctx:
+            raise ValueError(f"a prompt of {longest - max_new_tokens} tokens plus max_new_tokens={max_new_tokens} "
+                             f"exceeds the model's context n_ctx = {self.cfg.n_ctx}")
+        rng = np.random.default_rng(seed)
+        seqs = [np.asarray(r, np.int32) for r in rows]
+        finished = np.zeros(B, bool)
+        new = np.zeros((B, 0), np.int32)
+        kv = self.kv_cache(B, capacity=max(1, longest)) if use_past_kv_cache else None
+        step_tokens, step_lens = np.concatenate(seqs), np.array([len(r) for r in seqs], np.int32)
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_new_tokens, desc="generate", unit="tok")
+        try:
+            for _ in range(max_new_tokens):
+                if kv is not None:
+                    logits, _ = self._core.forward(step_tokens, step_lens, int(step_lens.max()), kv=kv, logits_last=True)
+                else:
+                    full = [np.concatenate([seqs[b], new[b]]) for b in range(B)]
+                    logits = self.forward(full, logits_pos="last")
+                history = [np.concatenate([seqs[b], new[b]]) for b in range(B)] if freq_penalty and do_sample else None
+                if do_sample and temperature != 0:
+                    nxt = sample_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature,
+                                        freq_penalty=freq_penalty, tokens=history, rng=rng)
+                else:
+                    nxt = logits.argmax(-1).astype(np.int32)
+                if stop_ids:
+                    nxt[finished] = pad_id
+                    finished |= np.isin(nxt, stop_ids)
+                new = np.concatenate([new, nxt[:, None]], axis=1)
+                step_tokens, step_lens = nxt, np.ones(B, np.int32)
+                if bar is not None:
+                    bar.update(1)
+                if stop_ids and finished.all():
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        out = np.concatenate([prompt.astype(np.int32), new], axis=1)
+        if return_type == "tokens":
+            return out
+        tok = self._need_tokenizer()
+        texts = [tok.decode(r, skip_special_tokens=True) for r in out]
+        return texts[0] if kind == "str" or len(texts) == 1 else texts
 
     def run_with_cache(self, tokens: TokensLike, lengths=None, attention_mask=None, names_filter=None,
                        stop_at_layer: Optional[int] = None, pos=None, return_logits: bool = True,
@@ -565,6 +680,50 @@ def _load_tokenizer(path: str):
     except ImportError:  # the tokenizer module is optional at this stage
         return None
     return Tokenizer.load(path)
+
+
+def sample_logits(final_logits: np.ndarray, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                  temperature: float = 1.0, freq_penalty: float = 0.0, tokens=None, rng=None) -> np.ndarray:
+    """One token per row of ``final_logits`` (batch, d_vocab), as TransformerLens's ``sample_logits``:
+    ``temperature`` 0 is argmax; else logits / temperature, minus ``freq_penalty`` times each
+    token's count in ``tokens[b]`` (a sequence per row), kept to the ``top_k`` largest (ties at the
+    k-th value kept) or else to the smallest prefix of the sorted distribution whose probability
+    reaches ``top_p``, then sampled with ``rng`` (a NumPy Generator; float64 softmax). -> int32 (batch,)."""
+    x = np.asarray(final_logits, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"final_logits must be (batch, d_vocab), got shape {x.shape}")
+    if freq_penalty < 0:
+        raise ValueError(f"freq_penalty must be non-negative, got {freq_penalty}")
+    if temperature == 0:
+        return x.argmax(-1).astype(np.int32)
+    x = x / temperature
+    if freq_penalty > 0:
+        if tokens is None or len(tokens) != x.shape[0]:
+            raise ValueError("freq_penalty needs the tokens so far, one sequence per row")
+        x = x - freq_penalty * np.stack([np.bincount(np.asarray(t, np.int64), minlength=x.shape[1])[: x.shape[1]]
+                                         for t in tokens])
+    if top_k is not None:
+        if top_k <= 0:
+            raise ValueError(f"top_k must be > 0, got {top_k}")
+        k = min(int(top_k), x.shape[1])
+        kth = -np.partition(-x, k - 1, axis=-1)[:, k - 1:k]
+        x = np.where(x < kth, -np.inf, x)
+    elif top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        order = np.argsort(-x, axis=-1, kind="stable")
+        srt = np.take_along_axis(x, order, -1)
+        p = np.exp(srt - srt[:, :1])
+        cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+        remove = np.zeros_like(cum, bool)
+        remove[:, 1:] = cum[:, :-1] > top_p  # keep up to and including the token that crosses top_p
+        np.put_along_axis(x, order, np.where(remove, -np.inf, srt), -1)
+    rng = rng if rng is not None else np.random.default_rng()
+    p = np.exp(x - x.max(-1, keepdims=True))
+    cdf = np.cumsum(p, -1)
+    u = rng.random(x.shape[0]) * cdf[:, -1]
+    out = np.array([np.searchsorted(cdf[b], u[b], side="right") for b in range(x.shape[0])])
+    return np.minimum(out, x.shape[1] - 1).astype(np.int32)
 
 
 _RETURN_TYPES = ("logits", "loss", "both", None)
