@@ -15,7 +15,7 @@ helpers that divide by a cached LayerNorm scale give 0 there too, not NaN.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional
 
 import numpy as np
 
