@@ -146,8 +146,54 @@ static attn_task *attention_tasks(const cl_fwd_args *a, int H, int *n_tasks) {
     return t;
 }
 
+cl_status cl_kv_cache_new(const cl_config *c, int B, int capacity, cl_kv_cache **out, cl_error *err) {
+    *out = NULL;
+    if (B < 1) return cl_fail(err, CL_EINVAL, "key-value cache: batch size %d, need at least 1", B);
+    if (capacity < 1 || capacity > c->n_ctx)
+        return cl_fail(err, CL_EINVAL, "key-value cache: capacity %d is outside [1, n_ctx = %d]", capacity, c->n_ctx);
+    cl_kv_cache *kv = calloc(1, sizeof *kv);
+    size_t n = (size_t)c->n_layers * B * capacity * c->d_model;
+    if (kv) {
+        kv->len = calloc((size_t)B, sizeof *kv->len);
+        kv->k = malloc(n * sizeof(float));
+        kv->v = malloc(n * sizeof(float));
+    }
+    if (!kv || !kv->len || !kv->k || !kv->v) {
+        cl_kv_cache_free(kv);
+        return cl_fail(err, CL_ENOMEM, "out of memory for a key-value cache of %d x %d positions", B, capacity);
+    }
+    kv->B = B;
+    kv->capacity = capacity;
+    kv->n_layers = c->n_layers;
+    kv->d_model = c->d_model;
+    *out = kv;
+    return CL_OK;
+}
+
+void cl_kv_cache_free(cl_kv_cache *kv) {
+    if (!kv) return;
+    free(kv->len);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+/* Attention of n new query rows of one sequence and head over its past + n cached keys (the
+ * new ones already appended): query i sits at position past + i and sees keys 0..past + i.
+ * Blocks of QB query rows, each with two GEMMs. K, V: the cache rows of this sequence (row
+ * stride d_model), at the head's columns. S: QB * (past + n) floats. */
+static void attention_past(float *z, size_t zstride, const float *q, size_t qstride, const float *K, const float *V,
+                           size_t kvstride, int past, int n, int d_head, float scale, float *S) {
+    for (int i0 = 0; i0 < n; i0 += QB) {
+        int rows = n - i0 < QB ? n - i0 : QB, end = past + i0 + rows;
+        cl_sgemm(0, 1, rows, end, d_head, q + (size_t)i0 * qstride, (int)qstride, K, (int)kvstride, 0.0f, S, end);
+        cl_softmax_causal(S, end, rows, past + i0, end, scale);
+        cl_sgemm(0, 0, rows, d_head, end, S, end, V, (int)kvstride, 0.0f, z + (size_t)i0 * zstride, (int)zstride);
+    }
+}
+
 #define TRY(x) do { st = (x); if (st) goto done; } while (0)
-#define DONE_IF_FINISHED() do { if (f.remaining == 0 && !a->logits && !want_final) goto done; } while (0)
+#define DONE_IF_FINISHED() do { if (f.remaining == 0 && !a->logits && !want_final && !a->kv) goto done; } while (0)
 
 cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     const cl_config *c = &m->cfg;
@@ -166,6 +212,19 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     if (a->stop_at_layer < 0 || a->stop_at_layer > L)
         return cl_fail(err, CL_EINVAL, "stop_at_layer %d is outside [0, %d]", a->stop_at_layer, L);
     if (a->logits && a->stop_at_layer != L) return cl_fail(err, CL_EINVAL, "logits need the full model (stop_at_layer = n_layers)");
+    cl_kv_cache *kv = a->kv;
+    if (kv) {
+        if (kv->B != a->B || kv->n_layers != L || kv->d_model != (int)D)
+            return cl_fail(err, CL_EINVAL, "the key-value cache was made for %d sequences of this shape of model; %d given",
+                           kv->B, a->B);
+        if (a->slots || a->pos || a->stop_at_layer != L)
+            return cl_fail(err, CL_EINVAL, "hooks, pos and stop_at_layer are not available with a key-value cache");
+        for (int b = 0; b < a->B; b++)
+            if (kv->len[b] + a->lengths[b] > kv->capacity)
+                return cl_fail(err, CL_EINVAL, "sequence %d: %d cached + %d new positions exceed the key-value cache's "
+                               "capacity of %d (the model's context is n_ctx = %d)", b, kv->len[b], a->lengths[b],
+                               kv->capacity, c->n_ctx);
+    }
     start = malloc((size_t)a->B * sizeof *start);
     if (!start) return cl_fail(err, CL_ENOMEM, "out of memory");
     size_t N = 0;
@@ -234,6 +293,11 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     const int nthreads = cl_num_threads();
     size_t scratch_per = cl_attention_head_scratch(maxT, dh); /* the fused kernel */
     if (maxT >= 2 * QB && (size_t)QB * maxT > scratch_per) scratch_per = (size_t)QB * maxT; /* a BLAS score block */
+    if (kv) {
+        int maxK = 0; /* past + new keys of the longest sequence */
+        for (int b = 0; b < a->B; b++) if (kv->len[b] + a->lengths[b] > maxK) maxK = kv->len[b] + a->lengths[b];
+        if ((size_t)QB * maxK > scratch_per) scratch_per = (size_t)QB * maxK;
+    }
 
     resid = malloc(N * D * sizeof(float));
     ln = malloc(N * D * sizeof(float));
@@ -260,7 +324,8 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
     memcpy(resid, ln, N * D * sizeof(float));
     if (m->W_pos) {
         for (int b = 0; b < a->B; b++)
-            memcpy(attn_out + (size_t)start[b] * D, m->W_pos, (size_t)a->lengths[b] * D * sizeof(float));
+            memcpy(attn_out + (size_t)start[b] * D, m->W_pos + (kv ? (size_t)kv->len[b] * D : 0),
+                   (size_t)a->lengths[b] * D * sizeof(float));
         TRY(hook_rows(&f, CL_HK_POS_EMBED, -1, attn_out, D, err));
         cl_add(resid, attn_out, N * D);
     }
@@ -283,8 +348,9 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
         if (c->rotary_dim) {
             for (int b = 0; b < a->B; b++) {
                 float *row = qkv + (size_t)start[b] * 3 * D;
-                cl_rotary(row, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos, m->rope_sin);
-                cl_rotary(row + D, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos, m->rope_sin);
+                size_t off = kv ? (size_t)kv->len[b] * (c->rotary_dim / 2) : 0; /* tables start at the first new position */
+                cl_rotary(row, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos + off, m->rope_sin + off);
+                cl_rotary(row + D, 3 * D, a->lengths[b], H, dh, c->rotary_dim, m->rope_cos + off, m->rope_sin + off);
             }
             TRY(hook_rows(&f, CL_HK_ROT_Q, l, qkv, 3 * D, err));
             TRY(hook_rows(&f, CL_HK_ROT_K, l, qkv + D, 3 * D, err));
@@ -292,7 +358,26 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
         DONE_IF_FINISHED();
         float sc = c->attn_scale / (c->scale_by_layer ? (float)(l + 1) : 1.0f);
         const int tasks = a->B * H;
-        if (slot_of(&f, CL_HK_ATTN_SCORES, l) || slot_of(&f, CL_HK_PATTERN, l)) {
+        if (kv) {
+            /* append the new keys and values, then attend over everything cached */
+            const size_t cap = kv->capacity;
+            for (int b = 0; b < a->B; b++) {
+                float *K = kv->k + (((size_t)l * a->B + b) * cap + kv->len[b]) * D, *Vc = kv->v + (((size_t)l * a->B + b) * cap + kv->len[b]) * D;
+                for (int t = 0; t < a->lengths[b]; t++) {
+                    const float *row = qkv + ((size_t)start[b] + t) * 3 * D;
+                    memcpy(K + (size_t)t * D, row + D, D * sizeof(float));
+                    memcpy(Vc + (size_t)t * D, row + 2 * D, D * sizeof(float));
+                }
+            }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+            for (int task = 0; task < tasks; task++) {
+                int b = task / H, h = task % H;
+                const float *K = kv->k + ((size_t)l * a->B + b) * cap * D + (size_t)h * dh,
+                            *Vc = kv->v + ((size_t)l * a->B + b) * cap * D + (size_t)h * dh;
+                attention_past(z + (size_t)start[b] * D + (size_t)h * dh, D, qkv + (size_t)start[b] * 3 * D + (size_t)h * dh, 3 * D,
+                               K, Vc, D, kv->len[b], a->lengths[b], dh, sc, scratch + (size_t)omp_get_thread_num() * scratch_per);
+            }
+        } else if (slot_of(&f, CL_HK_ATTN_SCORES, l) || slot_of(&f, CL_HK_PATTERN, l)) {
             const size_t T = a->T_pad;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
             for (int task = 0; task < tasks; task++) {
@@ -412,6 +497,8 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
             memset(out + (size_t)a->lengths[b] * V, 0, (size_t)(a->T_pad - a->lengths[b]) * V * sizeof(float));
         }
     }
+    if (kv)
+        for (int b = 0; b < a->B; b++) kv->len[b] += a->lengths[b];
 done:
     free(start);
     free(resid); free(ln); free(scale); free(qkv); free(z); free(attn_out); free(mlp); free(mlp_out);

@@ -37,6 +37,19 @@ typedef struct {
 
 typedef cl_status (*cl_hook_fn)(void *ctx, const cl_hook_view *v, cl_error *err);
 
+/* Keys (after rotary) and values of the positions a sequence has already been through, per
+ * layer, so a forward pass over its next tokens computes only them (generation): each new token
+ * costs one position. Sequence b holds len[b] positions. */
+typedef struct {
+    int B, capacity, n_layers, d_model;
+    int32_t *len; /* (B) */
+    float *k, *v; /* (n_layers, B, capacity, d_model): head h at columns h * d_head */
+} cl_kv_cache;
+
+/* A cache for B sequences of up to `capacity` positions (at most the model's n_ctx), empty. */
+cl_status cl_kv_cache_new(const cl_config *c, int B, int capacity, cl_kv_cache **out, cl_error *err);
+void cl_kv_cache_free(cl_kv_cache *kv); /* accepts NULL */
+
 typedef struct {
     const int32_t *tokens;  /* (N) the real tokens of each sequence, back to back */
     const int32_t *lengths; /* (B) */
@@ -50,6 +63,9 @@ typedef struct {
     cl_hook_fn hook_fn;
     void *hook_ctx;
     cl_cancel cancel;
+    cl_kv_cache *kv;        /* or NULL. Given: sequence b's tokens come after its kv->len[b] cached positions
+                             * (positions, rotary and attention continue from there), and their keys and
+                             * values are appended on success. No hooks, no pos, the whole model. */
 } cl_fwd_args;
 
 cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err);

@@ -155,6 +155,62 @@ static PyObject *Model_hook_names(ModelObject *self, PyObject *unused) {
     return out;
 }
 
+/* ---- key-value cache ---- */
+
+typedef struct {
+    PyObject_HEAD
+    cl_kv_cache *kv;
+    PyObject *model; /* the Model it belongs to */
+    int busy;        /* a forward pass is using it (the GIL is released meanwhile) */
+} KVCacheObject;
+
+static void KVCache_dealloc(KVCacheObject *self) {
+    cl_kv_cache_free(self->kv);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *KVCache_get_lengths(KVCacheObject *self, void *unused) {
+    PyObject *out = PyList_New(self->kv->B);
+    for (int b = 0; out && b < self->kv->B; b++) PyList_SET_ITEM(out, b, PyLong_FromLong(self->kv->len[b]));
+    return out;
+}
+
+static PyObject *KVCache_get_capacity(KVCacheObject *self, void *unused) { return PyLong_FromLong(self->kv->capacity); }
+
+static PyGetSetDef KVCache_getset[] = {
+    {"lengths", (getter)KVCache_get_lengths, NULL, "positions cached per sequence", NULL},
+    {"capacity", (getter)KVCache_get_capacity, NULL, "positions each sequence can hold", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject KVCacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ctxlookup._core.KVCache",
+    .tp_basicsize = sizeof(KVCacheObject),
+    .tp_dealloc = (destructor)KVCache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Keys and values of the positions each sequence has been through; made by Model.kv_cache(batch, capacity)",
+    .tp_getset = KVCache_getset,
+};
+
+static PyObject *Model_kv_cache(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"batch", "capacity", NULL};
+    int B, capacity = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|i", kwlist, &B, &capacity)) return NULL;
+    if (!ready(self)) return NULL;
+    if (capacity < 0) capacity = self->m->cfg.n_ctx;
+    cl_error err = {0};
+    cl_kv_cache *kv = NULL;
+    if (cl_kv_cache_new(&self->m->cfg, B, capacity, &kv, &err)) { clpy_raise(&err); return NULL; }
+    KVCacheObject *o = PyObject_New(KVCacheObject, &KVCacheType);
+    if (!o) { cl_kv_cache_free(kv); return NULL; }
+    o->kv = kv;
+    o->busy = 0;
+    Py_INCREF(self);
+    o->model = (PyObject *)self;
+    return (PyObject *)o;
+}
+
 /* ---- forward ---- */
 
 typedef struct {
@@ -247,13 +303,30 @@ static int check_shape(PyArrayObject *a, int nd, const npy_intp *dims, const cha
 }
 
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"tokens", "lengths", "T_pad", "logits", "stop_at_layer", "hooks", "pos", "logits_last", NULL};
-    PyObject *tok_o, *len_o, *hooks = Py_None, *pos_o = Py_None;
+    static char *kwlist[] = {"tokens", "lengths", "T_pad", "logits", "stop_at_layer", "hooks", "pos", "logits_last", "kv",
+                             NULL};
+    PyObject *tok_o, *len_o, *hooks = Py_None, *pos_o = Py_None, *kv_o = Py_None;
     int T_pad, want_logits = 1, stop = -1, logits_last = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|piOOp", kwlist, &tok_o, &len_o, &T_pad, &want_logits, &stop, &hooks,
-                                     &pos_o, &logits_last))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|piOOpO", kwlist, &tok_o, &len_o, &T_pad, &want_logits, &stop, &hooks,
+                                     &pos_o, &logits_last, &kv_o))
         return NULL;
     if (!ready(self)) return NULL;
+    KVCacheObject *kvo = NULL;
+    if (kv_o != Py_None) {
+        if (!PyObject_TypeCheck(kv_o, &KVCacheType)) {
+            PyErr_Format(PyExc_TypeError, "kv must be a KVCache from this model's kv_cache(), got %s", Py_TYPE(kv_o)->tp_name);
+            return NULL;
+        }
+        kvo = (KVCacheObject *)kv_o;
+        if (kvo->model != (PyObject *)self) {
+            PyErr_SetString(PyExc_ValueError, "this key-value cache belongs to another model");
+            return NULL;
+        }
+        if (kvo->busy) {
+            PyErr_SetString(PyExc_RuntimeError, "this key-value cache is in use by another forward pass");
+            return NULL;
+        }
+    }
     const cl_model *m = self->m;
     const cl_config *c = &m->cfg;
     const int L = c->n_layers, nslots = CL_HK_COUNT * (L + 1);
@@ -386,15 +459,17 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     cb_ctx cbc = {m, lengths, B, T_pad, callbacks, names};
     cl_fwd_args fa = {
         .tokens = PyArray_DATA(tok), .lengths = lengths, .B = B, .T_pad = T_pad, .stop_at_layer = stop,
-        .logits = logits ? PyArray_DATA((PyArrayObject *)logits) : NULL, .logits_last = logits_last, .slots = slots,
+        .logits = logits ? PyArray_DATA((PyArrayObject *)logits) : NULL, .logits_last = logits_last, .slots = hooks != Py_None ? slots : NULL,
         .pos = pos ? PyArray_DATA(pos) : NULL, .P = P, .hook_fn = call_hook, .hook_ctx = &cbc,
-        .cancel = {clpy_cancel_fn, NULL},
+        .cancel = {clpy_cancel_fn, NULL}, .kv = kvo ? kvo->kv : NULL,
     };
     cl_error err = {0};
     cl_status st;
+    if (kvo) kvo->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     st = cl_forward(m, &fa, &err);
     Py_END_ALLOW_THREADS
+    if (kvo) kvo->busy = 0;
     if (st) { clpy_raise(&err); goto done; }
     result = Py_BuildValue("(OO)", logits ? logits : Py_None, cache);
 done:
@@ -422,7 +497,10 @@ static PyMethodDef Model_methods[] = {
     {"weight", (PyCFunction)Model_weight, METH_O, "weight(name) -> read-only float32 view"},
     {"hook_names", (PyCFunction)Model_hook_names, METH_NOARGS, "hook_names() -> list of hook names, in forward order"},
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(tokens, lengths, T_pad, logits=True, stop_at_layer=-1, hooks=None, pos=None) -> (logits, cache)"},
+     "forward(tokens, lengths, T_pad, logits=True, stop_at_layer=-1, hooks=None, pos=None, logits_last=False, kv=None) -> "
+     "(logits, cache)"},
+    {"kv_cache", (PyCFunction)(void (*)(void))Model_kv_cache, METH_VARARGS | METH_KEYWORDS,
+     "kv_cache(batch, capacity=n_ctx) -> an empty KVCache for forward(kv=...)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -454,7 +532,9 @@ const void *clpy_model_ptr(PyObject *obj) {
 }
 
 int clpy_model_register(PyObject *m) {
-    if (PyType_Ready(&ModelType) < 0) return -1;
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&KVCacheType) < 0) return -1;
+    Py_INCREF(&KVCacheType);
+    if (PyModule_AddObject(m, "KVCache", (PyObject *)&KVCacheType) < 0) { Py_DECREF(&KVCacheType); return -1; }
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0) { Py_DECREF(&ModelType); return -1; }
     return 0;

@@ -36,7 +36,7 @@ def test_loads_offline_and_card_states_losses(name, arch):
 
 def _heldout_nll(model, n_docs=40):
     docs = [d.text for _, d in zip(range(n_docs), ctxlookup.Corpus.demo("test"))]
-    toks, lens = model.to_tokens(docs)
+    toks, lens = model.to_tokens(docs, return_lengths=True)
     logits = model(toks, lengths=lens)
     nll = []
     for b, n in enumerate(lens):
@@ -58,7 +58,7 @@ def test_neox_demo_matches_transformers_on_text():
     model = ctxlookup.Model.from_pretrained("demo-neox")
     hf = transformers.GPTNeoXForCausalLM.from_pretrained(demo_model_path("demo-neox"), torch_dtype=torch.float32).eval()
     docs = [d.text for _, d in zip(range(4), ctxlookup.Corpus.demo("test"))]
-    toks, lens = model.to_tokens(docs)
+    toks, lens = model.to_tokens(docs, return_lengths=True)
     logits, cache = model.run_with_cache(toks, lengths=lens, names_filter=lambda n: n.endswith("hook_resid_post"))
     for b, n in enumerate(lens):
         with torch.no_grad():

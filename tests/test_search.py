@@ -29,7 +29,7 @@ def act_at_last(model, toks, layer, neuron):
 
 
 def test_tokenizer_conveniences(model):
-    toks, lens = model.to_tokens(["Hello world", "a"])
+    toks, lens = model.to_tokens(["Hello world", "a"], return_lengths=True)
     assert toks.shape == (2, 3) and list(lens) == [3, 2] and toks[0, 0] == 50256 and toks[1, 2] == 50256
     assert model.to_str_tokens("Hello world") == ["<|endoftext|>", "Hello", " world"]
     assert model.to_single_token(" world") == 995

@@ -26,7 +26,7 @@ def _ln_final(model, x: np.ndarray) -> np.ndarray:
 
 def _one_sequence(model, tokens):
     if isinstance(tokens, str):
-        toks, lens = model.to_tokens(tokens)
+        toks, lens = model.to_tokens(tokens, return_lengths=True)
         return toks[0, : lens[0]]
     a = np.asarray(tokens)
     if a.ndim == 2:

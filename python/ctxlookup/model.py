@@ -19,51 +19,9 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from .cache import ActivationCache, get_act_name
 
 __all__ = ["Model", "Config", "ActivationCache", "HookPoint", "get_act_name"]
-
-_ALIASES = {
-    "embed": "hook_embed", "pos_embed": "hook_pos_embed",
-    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-    "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "z": "attn.hook_z",
-    "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k",
-    "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
-    "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern", "result": "attn.hook_result",
-    "pre": "mlp.hook_pre", "post": "mlp.hook_post",
-    "scale": "ln_final.hook_scale", "normalized": "ln_final.hook_normalized",
-}
-
-
-def get_act_name(name: str, layer: Optional[int] = None, layer_type: Optional[str] = None) -> str:
-    """TransformerLens's ``utils.get_act_name``: ``("post", 3) -> "blocks.3.mlp.hook_post"``.
-
-    ``layer_type`` ("ln1", "ln2") disambiguates ``scale`` / ``normalized`` inside a block.
-    """
-    if "." in name or name.startswith("hook_"):
-        return name
-    if name not in _ALIASES:
-        raise KeyError(f"unknown activation alias '{name}'; known: {sorted(_ALIASES)}")
-    suffix = _ALIASES[name]
-    if layer is None:
-        return suffix
-    if name in ("scale", "normalized"):
-        suffix = f"{layer_type or 'ln1'}.hook_{name}"
-    return f"blocks.{layer}.{suffix}"
-
-
-class ActivationCache(dict):
-    """Hook name -> float32 array. Also indexable TransformerLens-style: ``cache["post", 3]``."""
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            key = get_act_name(*key)
-        try:
-            return dict.__getitem__(self, key)
-        except KeyError:
-            raise KeyError(f"'{key}' is not in this cache; it holds {sorted(self)[:8]}"
-                           f"{' ...' if len(self) > 8 else ''}") from None
-
 
 @dataclass(frozen=True)
 class HookPoint:
@@ -103,15 +61,25 @@ class Config:
     center_writing_weights: bool
     center_unembed: bool
     fold_value_biases: bool
+    # TransformerLens's count: the attention (W_Q, W_K, W_V, W_O) and MLP (W_in, W_out) weight
+    # matrices only, n_layers * (4 * d_model * n_heads * d_head + 2 * d_model * d_mlp)
+    n_params: int = 0
+    d_vocab_out: int = 0
+    model_name: str = ""
+    dtype: str = "float32"  # of every weight and activation, whatever the checkpoint stores
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
+    _DERIVED = ("n_params", "d_vocab_out", "model_name", "dtype")
+
     @classmethod
-    def _from_core(cls, d: dict) -> "Config":
-        names = set(cls.__dataclass_fields__) - {"extra"}
+    def _from_core(cls, d: dict, model_name: str = "") -> "Config":
+        names = set(cls.__dataclass_fields__) - {"extra"} - set(cls._DERIVED)
         kw = {k: d[k] for k in names}
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
             kw[k] = None if kw[k] < 0 else kw[k]
-        return cls(**kw, extra={k: v for k, v in d.items() if k not in names})
+        n_params = kw["n_layers"] * (4 * kw["d_model"] * kw["n_heads"] * kw["d_head"] + 2 * kw["d_model"] * kw["d_mlp"])
+        return cls(**kw, n_params=n_params, d_vocab_out=kw["d_vocab"], model_name=model_name, dtype="float32",
+                   extra={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
@@ -133,9 +101,11 @@ class Model:
     ``(n_layers, n_heads, d_model, d_head)``.
     """
 
-    def __init__(self, core: "_core.Model", tokenizer=None, path: Optional[str] = None):
+    def __init__(self, core: "_core.Model", tokenizer=None, path: Optional[str] = None, name: Optional[str] = None):
         self._core = core
-        self.cfg = Config._from_core(core.config())
+        if name is None and path is not None:
+            name = os.path.basename(os.path.normpath(path))
+        self.cfg = Config._from_core(core.config(), model_name=name or "")
         self.tokenizer = tokenizer
         self.path = path
         self.hook_names: list = core.hook_names()
@@ -144,7 +114,8 @@ class Model:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, fold_ln: bool = False, center_writing_weights: bool = False,
-             center_unembed: bool = False, fold_value_biases: bool = False, tokenizer: bool = True) -> "Model":
+             center_unembed: bool = False, fold_value_biases: bool = False, tokenizer: bool = True,
+             model_name: Optional[str] = None) -> "Model":
         """Load ``config.json`` + ``model.safetensors`` (or sharded, with its index) from a folder.
 
         Weight processing follows TransformerLens and is off by default, so raw numbers equal
@@ -153,7 +124,8 @@ class Model:
         residual stream mean-zero, ``center_unembed`` makes ``W_U``'s rows mean-zero (logits change
         by a per-position constant), ``fold_value_biases`` moves ``b_V`` into ``b_O``.
         Tokenizer files in the folder (``tokenizer.json`` or ``vocab.json`` + ``merges.txt``) are
-        loaded as ``model.tokenizer`` when ``tokenizer`` is true.
+        loaded as ``model.tokenizer`` when ``tokenizer`` is true. ``model_name`` (``cfg.model_name``)
+        defaults to the folder's name.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -163,7 +135,7 @@ class Model:
         tok = None
         if tokenizer:
             tok = _load_tokenizer(path)
-        return cls(core, tokenizer=tok, path=path)
+        return cls(core, tokenizer=tok, path=path, name=model_name)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, os.PathLike], revision: str = "main",
@@ -207,7 +179,7 @@ class Model:
             path = demo_model_path(name)
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"the demo model is not bundled in this installation ({path})")
-            return cls.load(path, **load_options)
+            return cls.load(path, **{"model_name": name, **load_options})
         if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:  # a path, not a repo id
             raise FileNotFoundError(f"{name}: no such checkpoint folder (expected config.json and model.safetensors "
                                     f"in it)")
@@ -219,7 +191,7 @@ class Model:
             raise FileNotFoundError(str(e)) from None
         folder = hub.download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
                               local_files_only=local_files_only, progress=progress)
-        return cls.load(folder, **load_options)
+        return cls.load(folder, **{"model_name": repo_id.split("/")[-1], **load_options})
 
     # ------------------------------------------------------------------ weights
     def __getattr__(self, name):
@@ -243,7 +215,7 @@ class Model:
     def _tokens_from_text(self, texts, prepend_bos: bool = True):
         if self.tokenizer is None:
             raise ValueError("strings were given but this model has no tokenizer (no tokenizer files in its folder)")
-        return self.to_tokens(texts, prepend_bos=prepend_bos)
+        return self.to_tokens(texts, prepend_bos=prepend_bos, return_lengths=True)
 
     def _pack(self, tokens: TokensLike, lengths=None, attention_mask=None):
         """-> (packed int32 tokens, int32 lengths, T_pad)."""
@@ -332,21 +304,148 @@ class Model:
         return names
 
     # ------------------------------------------------------------------ running
-    def __call__(self, tokens: TokensLike, lengths=None, attention_mask=None, return_type: str = "logits",
-                 logits_pos: Optional[str] = None):
-        """Logits ``(batch, pos, d_vocab)`` float32 (``return_type=None`` runs and returns None).
-        ``logits_pos="last"``: only each row's last real position, ``(batch, d_vocab)``."""
+    def __call__(self, tokens: TokensLike, return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                 lengths=None, attention_mask=None, logits_pos: Optional[str] = None, past_kv_cache=None):
+        """Run the model, as TransformerLens's ``forward``. ``return_type``: ``"logits"``
+        ``(batch, pos, d_vocab)`` float32; ``"loss"``: the mean cross-entropy of predicting token
+        t+1 at position t over real tokens (``loss_per_token=True``: ``(batch, pos - 1)``, 0 where
+        the target is padding); ``"both"``: ``(logits, loss)``; None: runs and returns None.
+        ``logits_pos="last"``: only each row's last real position, ``(batch, d_vocab)``.
+
+        Padding: a right-padded batch with ``lengths`` / ``attention_mask`` (or a list of texts) is
+        computed on real tokens only and the loss skips padding, as TransformerLens's loss with an
+        attention mask. (TransformerLens itself runs a right-padded batch of texts without a mask,
+        so its loss there also counts predictions of pad tokens.)
+
+        ``past_kv_cache`` (from :meth:`kv_cache`): the tokens continue each row's cached positions
+        (positions, rotary and attention go on from there) and only they are computed; their keys
+        and values are added to the cache. The loss then covers the new tokens only.
+        """
+        _check_return_type(return_type, logits_pos)
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
         logits, _ = self._core.forward(packed, lens, T, logits=return_type is not None,
-                                       logits_last=_logits_last(logits_pos))
-        return logits
+                                       logits_last=_logits_last(logits_pos), kv=past_kv_cache)
+        return _output(logits, return_type, loss_per_token, packed, lens)
 
     forward = __call__
 
+    def kv_cache(self, batch_size: int = 1, capacity: Optional[int] = None) -> "_core.KVCache":
+        """An empty key-value cache for ``model(tokens, past_kv_cache=cache)``: ``batch_size``
+        sequences of up to ``capacity`` positions each (default and most: ``n_ctx``); float32, in
+        the C core, ``n_layers * batch_size * capacity * d_model * 8`` bytes. ``cache.lengths``:
+        the positions each sequence holds."""
+        return self._core.kv_cache(int(batch_size), -1 if capacity is None else int(capacity))
+
+    def generate(self, input: Union[str, Sequence[str], np.ndarray] = "", max_new_tokens: int = 10,
+                 stop_at_eos: bool = True, eos_token_id: Union[int, Sequence[int], None] = None, do_sample: bool = True,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, temperature: float = 1.0,
+                 freq_penalty: float = 0.0, use_past_kv_cache: bool = True, prepend_bos: bool = True,
+                 return_type: Optional[str] = "input", verbose: bool = False, seed: Optional[int] = None):
+        """Continue text or tokens, as TransformerLens's ``generate``.
+
+        ``input``: a string, a list of strings (left-padded with the pad id in the output, as
+        TransformerLens), or token ids ``(n,)`` / ``(batch, n)`` (every id real). Each step
+        samples from the last position's logits: greedy (argmax) with ``do_sample=False`` or
+        ``temperature=0``; else softmax(logits / temperature) restricted to the ``top_k`` most
+        likely tokens or to the smallest set whose probability reaches ``top_p`` (TransformerLens
+        applies ``top_k`` first and ignores ``top_p`` when both are given), with ``freq_penalty``
+        times each token's count so far subtracted; ``seed`` makes sampling reproducible (NumPy's
+        PCG64). ``stop_at_eos``: a row that produced ``eos_token_id`` (default: the tokenizer's
+        or config's; an int or a list) gets it from then on, and generation ends when every row has.
+
+        ``use_past_kv_cache`` keeps each layer's keys and values in the C core so a new token
+        costs one position; False recomputes the whole sequence each step (same tokens; for
+        checking). ``return_type``: ``"input"`` (text for text input, tokens for tokens),
+        ``"str"`` (special tokens dropped) or ``"tokens"``: the input followed by the new tokens,
+        ``(batch, prompt + new)`` int32. ``verbose``: a progress bar.
+        """
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if freq_penalty < 0:
+            raise ValueError(f"freq_penalty must be non-negative, got {freq_penalty}")
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            kind = "str" if isinstance(input, str) else "list"
+            prompt, lens = self.to_tokens(input, prepend_bos=prepend_bos, truncate=False, return_lengths=True,
+                                          padding_side="left")
+            rows = [prompt[b, prompt.shape[1] - n:] for b, n in enumerate(lens)]
+        else:
+            kind = "tokens"
+            prompt = _int_array(input, "generate: input")
+            if prompt.ndim == 1:
+                prompt = prompt[None]
+            if prompt.ndim != 2 or prompt.shape[1] == 0:
+                raise ValueError(f"generate: token input must be (n,) or (batch, n) with n >= 1, got shape {prompt.shape}")
+            prompt = prompt.astype(np.int32)
+            rows = list(prompt)
+        if return_type == "input":
+            return_type = "tokens" if kind == "tokens" else "str"
+        stop_ids: list = []
+        if stop_at_eos:
+            eos = self.eos_token_id if eos_token_id is None else eos_token_id
+            if eos is None:
+                raise ValueError("stop_at_eos=True needs eos_token_id: neither the tokenizer nor config.json names one")
+            stop_ids = [int(eos)] if np.isscalar(eos) else [int(e) for e in eos]
+        pad_id = stop_ids[0] if stop_ids else 0
+        if stop_at_eos and self.tokenizer is not None and getattr(self.tokenizer, "eos_token_id", None) in stop_ids:
+            pad_id = self.tokenizer.eos_token_id
+        B = len(rows)
+        longest = max(len(r) for r in rows) + max_new_tokens
+        if longest > self.cfg.n_ctx:
+            raise ValueError(f"a prompt of {longest - max_new_tokens} tokens plus max_new_tokens={max_new_tokens} "
+                             f"exceeds the model's context n_ctx = {self.cfg.n_ctx}")
+        rng = np.random.default_rng(seed)
+        seqs = [np.asarray(r, np.int32) for r in rows]
+        finished = np.zeros(B, bool)
+        new = np.zeros((B, 0), np.int32)
+        kv = self.kv_cache(B, capacity=max(1, longest)) if use_past_kv_cache else None
+        step_tokens, step_lens = np.concatenate(seqs), np.array([len(r) for r in seqs], np.int32)
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_new_tokens, desc="generate", unit="tok")
+        try:
+            for _ in range(max_new_tokens):
+                if kv is not None:
+                    logits, _ = self._core.forward(step_tokens, step_lens, int(step_lens.max()), kv=kv, logits_last=True)
+                else:
+                    full = [np.concatenate([seqs[b], new[b]]) for b in range(B)]
+                    logits = self.forward(full, logits_pos="last")
+                history = [np.concatenate([seqs[b], new[b]]) for b in range(B)] if freq_penalty and do_sample else None
+                if do_sample and temperature != 0:
+                    nxt = sample_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature,
+                                        freq_penalty=freq_penalty, tokens=history, rng=rng)
+                else:
+                    nxt = logits.argmax(-1).astype(np.int32)
+                if stop_ids:
+                    nxt[finished] = pad_id
+                    finished |= np.isin(nxt, stop_ids)
+                new = np.concatenate([new, nxt[:, None]], axis=1)
+                step_tokens, step_lens = nxt, np.ones(B, np.int32)
+                if bar is not None:
+                    bar.update(1)
+                if stop_ids and finished.all():
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        out = np.concatenate([prompt.astype(np.int32), new], axis=1)
+        if return_type == "tokens":
+            return out
+        tok = self._need_tokenizer()
+        texts = [tok.decode(r, skip_special_tokens=True) for r in out]
+        return texts[0] if kind == "str" or len(texts) == 1 else texts
+
     def run_with_cache(self, tokens: TokensLike, lengths=None, attention_mask=None, names_filter=None,
                        stop_at_layer: Optional[int] = None, pos=None, return_logits: bool = True,
-                       **interventions):
-        """Run and keep activations: ``(logits, cache)``.
+                       return_type: Optional[str] = "logits", loss_per_token: bool = False, **interventions):
+        """Run and keep activations: ``(logits, cache)``, the cache an :class:`ActivationCache`.
+        ``return_type`` ("logits", "loss", "both", None) and ``loss_per_token`` choose the first
+        element as in :meth:`__call__`.
 
         ``names_filter``: None (every hook), a name, a list of names, or a predicate on names.
         ``stop_at_layer=k`` runs blocks ``0..k-1`` only (logits are then None).
@@ -356,15 +455,18 @@ class Model:
         """
         return self.run_with_hooks(tokens, lengths=lengths, attention_mask=attention_mask, stop_at_layer=stop_at_layer,
                                    return_logits=return_logits, cache=names_filter if names_filter is not None else
-                                   (lambda n: True), pos=pos, **interventions)
+                                   (lambda n: True), pos=pos, return_type=return_type, loss_per_token=loss_per_token,
+                                   **interventions)
 
     def run_with_hooks(self, tokens: TokensLike, fwd_hooks: Iterable = (), lengths=None, attention_mask=None,
                        stop_at_layer: Optional[int] = None, return_logits: bool = True, *,
                        ablate_heads: Optional[Iterable] = None, head_ablation: str = "zero",
                        mean_z: Optional[np.ndarray] = None, set_neurons: Optional[Iterable] = None,
                        patch: Optional[Mapping[str, np.ndarray]] = None, cache=None, pos=None,
-                       logits_pos: Optional[str] = None):
+                       logits_pos: Optional[str] = None, return_type: Optional[str] = "logits",
+                       loss_per_token: bool = False):
         """Run with interventions; returns logits, or ``(logits, cache)`` when ``cache`` names hooks.
+        ``return_type`` ("logits", "loss", "both", None) and ``loss_per_token`` as in :meth:`__call__`.
 
         ``fwd_hooks``: ``[(name or predicate, fn)]``; ``fn(activation, hook)`` sees the activation
         padded, ``(batch, pos, ...)``, and may modify it in place or return a replacement.
@@ -375,6 +477,7 @@ class Model:
         ``patch={hook_name: array}`` replaces an activation (activation patching).
         ``logits_pos="last"`` computes logits at each row's last real position only: ``(batch, d_vocab)``.
         """
+        _check_return_type(return_type, logits_pos)
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
         c = self.cfg
         stop = c.n_layers if stop_at_layer is None else int(stop_at_layer)
@@ -382,7 +485,9 @@ class Model:
             stop += c.n_layers
         if not 0 <= stop <= c.n_layers:
             raise ValueError(f"stop_at_layer {stop_at_layer} is outside [0, {c.n_layers}]")
-        want_logits = return_logits and stop == c.n_layers
+        if return_type in ("loss", "both") and stop != c.n_layers:
+            raise ValueError(f"return_type={return_type!r} needs the whole model; stop_at_layer={stop_at_layer} stops early")
+        want_logits = return_logits and return_type is not None and stop == c.n_layers
         specs: dict = {}
 
         def spec(name):
@@ -434,9 +539,11 @@ class Model:
                 s["callback"] = lambda act, name, _f=user: _f(act, HookPoint(name))
         logits, raw = self._core.forward(packed, lens, T, logits=want_logits, stop_at_layer=stop,
                                          hooks=specs or None, pos=pos_arr, logits_last=_logits_last(logits_pos))
+        if want_logits:
+            logits = _output(logits, return_type, loss_per_token, packed, lens)
         if cache is None:
             return logits
-        out = ActivationCache()
+        out = ActivationCache(model=self)
         for n in cache_names:
             a = raw[n]
             if squeeze:
@@ -445,15 +552,32 @@ class Model:
         return logits, out
 
     # ------------------------------------------------------------------ tokenizer conveniences
-    def to_tokens(self, texts, prepend_bos: bool = True, truncate: bool = True):
-        """Texts -> ``(tokens (batch, pos) int32 right-padded with the pad id, lengths (batch,))``.
+    def to_tokens(self, input, prepend_bos: bool = True, padding_side: str = "right", truncate: bool = True, *,
+                  return_lengths: bool = False):
+        """Text(s) -> ``(batch, pos)`` int32 token ids, as TransformerLens's ``to_tokens``.
 
-        ``prepend_bos`` puts the BOS id first; sequences are cut to ``n_ctx`` when ``truncate``.
+        ``input``: a string (gives shape ``(1, n)``) or a list of strings. ``prepend_bos`` puts the
+        BOS id first; ``padding_side`` ("right" or "left") is where shorter rows get the pad id;
+        rows are cut to ``n_ctx`` when ``truncate``. ``return_lengths=True`` returns
+        ``(tokens, lengths)`` instead, the real-token count of each row, which ``model(tokens,
+        lengths=lengths)`` and ``run_with_cache`` take for right-padded batches.
         """
         tok = self._need_tokenizer()
-        if isinstance(texts, str):
-            texts = [texts]
-        rows = tok.encode_batch(list(texts))
+        if isinstance(input, str):
+            texts = [input]
+        elif isinstance(input, (list, tuple)) and all(isinstance(t, str) for t in input):
+            texts = list(input)
+            if not texts:
+                raise ValueError("to_tokens: input is an empty list; give at least one string")
+        else:
+            what = type(input).__name__
+            if isinstance(input, (list, tuple)):
+                bad = next(t for t in input if not isinstance(t, str))
+                what = f"a list holding {type(bad).__name__}"
+            raise TypeError(f"to_tokens: input must be a string or a list of strings, got {what}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"to_tokens: padding_side must be 'right' or 'left', got {padding_side!r}")
+        rows = tok.encode_batch(texts)
         bos = self.bos_token_id
         if prepend_bos:
             if bos is None:
@@ -465,18 +589,39 @@ class Model:
         if (lens == 0).any():
             raise ValueError(f"text {int(np.nonzero(lens == 0)[0][0])} tokenizes to nothing")
         pad = self.pad_token_id if self.pad_token_id is not None else 0
-        out = np.full((len(rows), int(lens.max())), pad, np.int32)
+        T = int(lens.max())
+        out = np.full((len(rows), T), pad, np.int32)
         for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out, lens
+            if padding_side == "right":
+                out[i, : len(r)] = r
+            else:
+                out[i, T - len(r):] = r
+        return (out, lens) if return_lengths else out
 
-    def to_str_tokens(self, x, prepend_bos: bool = True) -> list:
-        """A text or token ids -> the list of token strings (each token decoded alone)."""
+    def to_str_tokens(self, input, prepend_bos: bool = True, padding_side: str = "right"):
+        """Text or token ids -> token strings (each token decoded alone), as TransformerLens.
+
+        A string or 1-D ids give one list; a list of strings, a list of 1-D id arrays, or a 2-D
+        array with more than one row give one list per row (a list of strings is tokenized row by
+        row, so no padding appears). A ``(1, n)`` array gives one flat list, as TransformerLens.
+        """
         tok = self._need_tokenizer()
-        if isinstance(x, str):
-            toks, lens = self.to_tokens(x, prepend_bos=prepend_bos)
-            x = toks[0, : lens[0]]
-        return tok.to_str_tokens(np.asarray(x).reshape(-1))
+        if isinstance(input, str):
+            return tok.to_str_tokens(self.to_tokens(input, prepend_bos=prepend_bos)[0])
+        if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
+            return [self.to_str_tokens(t, prepend_bos=prepend_bos) for t in input]
+        if isinstance(input, (list, tuple)) and input and not np.isscalar(input[0]):
+            return [self.to_str_tokens(t) for t in input]
+        a = _int_array(input, "to_str_tokens: input")
+        if a.ndim == 2 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if a.ndim == 2:
+            return [tok.to_str_tokens(r) for r in a]
+        if a.ndim != 1:
+            raise ValueError(f"to_str_tokens: token ids must be 1-D or 2-D, got shape {a.shape}")
+        return tok.to_str_tokens(a)
 
     def to_single_token(self, s: str) -> int:
         """The id of ``s`` if it is exactly one token, else ValueError."""
@@ -535,6 +680,91 @@ def _load_tokenizer(path: str):
     except ImportError:  # the tokenizer module is optional at this stage
         return None
     return Tokenizer.load(path)
+
+
+def sample_logits(final_logits: np.ndarray, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                  temperature: float = 1.0, freq_penalty: float = 0.0, tokens=None, rng=None) -> np.ndarray:
+    """One token per row of ``final_logits`` (batch, d_vocab), as TransformerLens's ``sample_logits``:
+    ``temperature`` 0 is argmax; else logits / temperature, minus ``freq_penalty`` times each
+    token's count in ``tokens[b]`` (a sequence per row), kept to the ``top_k`` largest (ties at the
+    k-th value kept) or else to the smallest prefix of the sorted distribution whose probability
+    reaches ``top_p``, then sampled with ``rng`` (a NumPy Generator; float64 softmax). -> int32 (batch,)."""
+    x = np.asarray(final_logits, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"final_logits must be (batch, d_vocab), got shape {x.shape}")
+    if freq_penalty < 0:
+        raise ValueError(f"freq_penalty must be non-negative, got {freq_penalty}")
+    if temperature == 0:
+        return x.argmax(-1).astype(np.int32)
+    x = x / temperature
+    if freq_penalty > 0:
+        if tokens is None or len(tokens) != x.shape[0]:
+            raise ValueError("freq_penalty needs the tokens so far, one sequence per row")
+        x = x - freq_penalty * np.stack([np.bincount(np.asarray(t, np.int64), minlength=x.shape[1])[: x.shape[1]]
+                                         for t in tokens])
+    if top_k is not None:
+        if top_k <= 0:
+            raise ValueError(f"top_k must be > 0, got {top_k}")
+        k = min(int(top_k), x.shape[1])
+        kth = -np.partition(-x, k - 1, axis=-1)[:, k - 1:k]
+        x = np.where(x < kth, -np.inf, x)
+    elif top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        order = np.argsort(-x, axis=-1, kind="stable")
+        srt = np.take_along_axis(x, order, -1)
+        p = np.exp(srt - srt[:, :1])
+        cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+        remove = np.zeros_like(cum, bool)
+        remove[:, 1:] = cum[:, :-1] > top_p  # keep up to and including the token that crosses top_p
+        np.put_along_axis(x, order, np.where(remove, -np.inf, srt), -1)
+    rng = rng if rng is not None else np.random.default_rng()
+    p = np.exp(x - x.max(-1, keepdims=True))
+    cdf = np.cumsum(p, -1)
+    u = rng.random(x.shape[0]) * cdf[:, -1]
+    out = np.array([np.searchsorted(cdf[b], u[b], side="right") for b in range(x.shape[0])])
+    return np.minimum(out, x.shape[1] - 1).astype(np.int32)
+
+
+_RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+def _check_return_type(return_type, logits_pos=None) -> None:
+    if return_type not in _RETURN_TYPES:
+        raise ValueError(f"return_type must be one of 'logits', 'loss', 'both' or None, got {return_type!r}")
+    if return_type in ("loss", "both") and logits_pos is not None:
+        raise ValueError(f"return_type={return_type!r} needs the logits at every position; drop logits_pos")
+
+
+def _output(logits, return_type, loss_per_token: bool, packed: np.ndarray, lens: np.ndarray):
+    """The value of ``return_type`` from full logits (B, T_pad, d_vocab) and the packed tokens."""
+    if return_type in ("logits", None):
+        return logits
+    loss = lm_cross_entropy_loss(logits, packed, lens, per_token=loss_per_token)
+    return loss if return_type == "loss" else (logits, loss)
+
+
+def lm_cross_entropy_loss(logits: np.ndarray, packed: np.ndarray, lengths: np.ndarray, per_token: bool = False):
+    """TransformerLens's loss: -log p(token t+1 | position t), over pairs whose both tokens are real.
+
+    ``logits`` (B, T_pad, d_vocab); ``packed``: each row's real tokens back to back; ``lengths`` (B).
+    ``per_token``: (B, T_pad - 1) float32 with 0 where the target is padding; else the mean, a
+    float32 scalar. Log-softmax in float64.
+    """
+    B, T = logits.shape[0], logits.shape[1]
+    if T < 2 or int(np.max(lengths)) < 2:
+        raise ValueError("the loss needs a sequence of at least 2 tokens (it predicts token t+1 from position t)")
+    tokens = np.zeros((B, T), np.int64)
+    mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    tokens[mask] = packed
+    pair = mask[:, 1:]  # both the position and its target are real (right padding)
+    x = logits[:, :-1].astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    logp = np.take_along_axis(x, tokens[:, 1:, None], axis=-1)[..., 0] - np.log(np.exp(x).sum(-1))
+    nll = np.where(pair, -logp, 0.0)
+    if per_token:
+        return nll.astype(np.float32)
+    return np.float32(nll.sum() / pair.sum())
 
 
 def _logits_last(logits_pos) -> bool:
