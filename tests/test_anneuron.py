@@ -8,7 +8,7 @@ import pytest
 import ctxlookup
 import pandas as pd
 
-from conftest import SHARED
+from conftest import REORDER_RTOL, SHARED
 from ctxlookup.anneuron import activation_patching, activation_vs_prediction, logit_lens, next_token_evidence
 
 
@@ -154,8 +154,14 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts, binning):
         x, t = a[:, j], tops == tokens[j]
         assert row.n_positions == len(x) and row.n_top == t.sum()
         if t.any():
-            want = mannwhitneyu(x[t], x[~t]).statistic / (t.sum() * (~t).sum())
-            assert row.auc == pytest.approx(want, abs=1e-9)
+            # the stage's activations come from batches, the oracle's from one document at a time: the same
+            # numbers up to float32 reordering (REORDER_RTOL), so near-ties may swap. The AUC must lie between
+            # scipy's with every positive pushed down and every negative up by that much, and the reverse.
+            d = REORDER_RTOL * float(np.abs(x).max())
+            n_pairs = t.sum() * (~t).sum()
+            lo = mannwhitneyu(x[t] - d, x[~t] + d).statistic / n_pairs
+            hi = mannwhitneyu(x[t] + d, x[~t] - d).statistic / n_pairs
+            assert lo - 1e-12 <= row.auc <= hi + 1e-12 and hi - lo < 1e-3
         else:
             assert np.isnan(row.auc) and np.isnan(row.bin_spearman) and not row.rising
         if binning == "quantile":
@@ -168,10 +174,11 @@ def test_next_token_evidence_matches_scipy(text_model, tiny_texts, binning):
         # the edges bound their bins: each bin's activations lie between its two edges
         edges = np.asarray(row.bin_edges)
         assert len(edges) == len(masks) + 1 and (np.diff(edges) >= 0).all() and edges[-1] == pytest.approx(x.max())
+        d = REORDER_RTOL * float(np.abs(x).max())  # batched vs one document at a time, as for the AUC
         for b, m in enumerate(masks):
-            assert x[m].min() >= edges[b] - 1e-6 and x[m].max() <= edges[b + 1] + 1e-6
+            assert x[m].min() >= edges[b] - d and x[m].max() <= edges[b + 1] + d
             if binning == "quantile":
-                assert x[m].min() == pytest.approx(edges[b])
+                assert x[m].min() == pytest.approx(edges[b], rel=0, abs=d)
         np.testing.assert_allclose(row.bin_fractions, frac, atol=1e-12)
         assert row.fraction_top_bin == pytest.approx(frac[-1]) and row.fraction_lowest_bin == pytest.approx(frac[0])
         if np.ptp(frac) > 0 and len(frac) >= 3:
