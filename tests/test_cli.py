@@ -322,4 +322,17 @@ def test_demo_entry_point_imports_nothing_from_the_test_stack(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "report (open in a browser): file://" in r.stdout
+    assert f"to write it again: ctxlookup report {tmp_path / 'demo'}" in r.stdout
     assert os.path.exists(tmp_path / "demo" / "report" / "index.html")
+
+
+def test_demo_with_an_unreachable_llm_server_stops_at_once(tmp_path):
+    url = _closed_port_url()
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "ctxlookup.demo", str(tmp_path / "demo")], capture_output=True,
+                       text=True, env=_env(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=url), timeout=300)
+    assert time.perf_counter() - t0 < 60
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("ctxlookup demo: error: cannot reach the LLM server at " + url), lines
+    assert lines[:-1] == [f"checking the LLM server ({url}/chat/completions, model gpt-4-1106-preview)"], lines
