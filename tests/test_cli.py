@@ -336,3 +336,25 @@ def test_demo_with_an_unreachable_llm_server_stops_at_once(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("ctxlookup demo: error: cannot reach the LLM server at " + url), lines
     assert lines[:-1] == [f"checking the LLM server ({url}/chat/completions, model gpt-4-1106-preview)"], lines
+
+
+def test_stages_without_a_bar_of_their_own_show_their_elapsed_time_on_a_terminal(monkeypatch):
+    import io
+
+    from ctxlookup.replicate import _Elapsed
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for tty, enabled in ((True, True), (True, False), (False, True)):
+        err = Terminal() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        with _Elapsed("attribution", enabled):
+            time.sleep(1.3)
+        shown = err.getvalue()
+        if tty and enabled:
+            assert shown.count("attribution: 00:01 elapsed") >= 1 and shown.count("\r") >= 3, shown
+        else:
+            assert shown == ""
+    assert not [t for t in __import__("threading").enumerate() if t.name.startswith("ctxlookup-")]
