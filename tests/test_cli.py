@@ -177,7 +177,7 @@ def test_stages_are_announced_with_progress_bars_and_a_closing_summary(tiny_run)
     assert m["stages"]["test_scan"]["attrs"]["test_max_acts"]["docs"] == 12
     lines = r.stdout.strip().splitlines()
     assert f"the report: ctxlookup report {out}" in lines
-    assert any(line.startswith(f"results: {out}") for line in lines)
+    assert any(line.startswith(f"run directory: {out} (the results: tables") for line in lines)
     assert f"stages complete: {', '.join(STAGES)}" in lines
 
 

@@ -246,7 +246,8 @@ def _run_replicate(args) -> int:
     if hasattr(run._client, "usage_report"):
         print(run._client.usage_report())
     print(f"stages complete: {', '.join(done) or 'none'}")
-    print(f"results: {run.dir} (tables as .parquet and .csv, figures as .png and .svg, manifest.json)")
+    print(f"run directory: {run.dir} (the results: tables as .parquet and .csv, figures as .png and .svg, "
+          f"manifest.json)")
     if len(done) == len(STAGES):
         print(f"the report: ctxlookup report {shlex.quote(run.dir)}")
     else:
