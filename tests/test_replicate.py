@@ -155,12 +155,14 @@ def test_with_mock_server_rerun_sends_nothing(text_model_dir, corpora, tmp_path,
         assert m["llm"]["base_url"] == srv.base_url and m["llm"]["api_key_set"] is True
         usage = m["llm_usage"]
         assert sum(u["requests"] for u in usage.values()) == sent
-        # a fresh run on the same directory: everything complete, zero requests
+        # a fresh run on the same directory, the LLM stages' tables gone: every answer from the
+        # cache; the one request sent is the server check before the first stage (max_tokens=1)
+        assert srv.count("Say yes.") == 1
         for f in ("scores", "explanations"):
             os.remove(os.path.join(out, f"{f}.parquet"))
         replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer="openai",
                   base_url=srv.base_url, **OPTS)
-        assert srv.total == sent
+        assert srv.total == sent + 1 and srv.count("Say yes.") == 2
     for root, _, files in os.walk(out):
         for f in files:
             assert b"sk-secret-test-key-123" not in open(os.path.join(root, f), "rb").read(), f

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import json
+import operator
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -60,6 +61,14 @@ class Corpus:
                  glob: str = "*.txt"):
         self.source = source
         self.text_field = text_field
+        if limit is not None:
+            try:
+                ok = not isinstance(limit, bool) and operator.index(limit) >= 1
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"limit must be a positive int (documents) or None, got {limit!r}")
+            limit = operator.index(limit)
         self.limit = limit
         self.glob = glob
         self.skipped = {"non_utf8": 0, "empty": 0}
@@ -96,14 +105,15 @@ class Corpus:
                 raise TypeError("a one-shot iterator cannot be streamed twice; pass a list, a file or a DataFrame")
 
     @classmethod
-    def demo(cls, split: str = "train") -> "Corpus":
-        """The compact corpus bundled with the package (``split`` "train" or "test")."""
+    def demo(cls, split: str = "train", limit: Optional[int] = None) -> "Corpus":
+        """The compact corpus bundled with the package (``split`` "train" or "test"; 900 and 450
+        documents), its first ``limit`` documents when given."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got '{split}'")
         path = os.path.join(os.path.dirname(__file__), "data", "corpus", f"{split}.jsonl.gz")
         if not os.path.exists(path):
             raise FileNotFoundError(f"the demo corpus is not bundled in this installation ({path})")
-        return cls(path, name=f"demo-{split}")
+        return cls(path, limit=limit, name=f"demo-{split}")
 
     # ---------------------------------------------------------------- streaming
     def __iter__(self) -> Iterator[Document]:

@@ -668,6 +668,65 @@ class Client:
                       f"free disk space, or a later run fetches (and pays for) them again",
                       CacheWriteWarning, stacklevel=2)
 
+    def check(self, timeout: float = 20.0) -> Dict[str, Any]:
+        """Before a batch: one cheap request (``max_tokens=1``, no retries, not cached) that the
+        server is reachable, takes the key and knows the model. Raises at once, naming what is
+        wrong: ``ValueError`` when no key is set for OpenAI's own server (``OPENAI_API_KEY``),
+        ``ConnectionError`` when the server cannot be reached (the URL), ``PermissionError`` on
+        401 / 403 (the key is rejected) or a spent quota, ``ValueError`` on 404 (the model or the
+        URL's path) or another 4xx. A 429 rate limit or a 5xx passes (the batch's
+        retries handle those). Returns ``{"status", "seconds"}``; the tokens are accounted as
+        stage ``"check"``."""
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        if not self.__key and host == "api.openai.com":
+            raise ValueError(f"no API key for {self.base_url}: set OPENAI_API_KEY (or --base-url for a server "
+                             f"that needs none)")
+        spec = ([{"role": "user", "content": "Say yes."}], 1, 0, None)
+        out: Dict[str, Any] = {}
+
+        def on_done(i: int, d: Dict[str, Any]) -> None:
+            out.update(d)
+
+        t0 = time.perf_counter()
+        try:
+            stats = _core._llm_run(self.url, self._headers(), self.model, [spec], on_done, tokens=[16.0],
+                                   concurrency=1, rpm=0.0, tpm=0.0, timeout=float(timeout),
+                                   connect_timeout=min(float(timeout), self.connect_timeout), max_retries=0,
+                                   backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                                   retry_after_max=self.retry_after_max, max_tokens_field=self.max_tokens_param,
+                                   limiter=(0.0, 0.0, 0.0))
+        except ConnectionError as e:
+            raise ConnectionError(self._redact(str(e))) from None
+        del stats
+        seconds = round(time.perf_counter() - t0, 3)
+        status = out.get("status") or None
+        if out.get("ok"):
+            u = out.get("usage") or {}
+            acct = self.usage.setdefault("check", StageUsage())
+            acct.requests += 1
+            acct.prompt_tokens += u.get("prompt_tokens") or 0
+            acct.completion_tokens += u.get("completion_tokens") or 0
+            acct.cost += self.cost(u.get("prompt_tokens"), u.get("completion_tokens"))
+            return {"status": status, "seconds": seconds}
+        err = out.get("error") or {}
+        why = self._error_message(out) if out else "no result"
+        if err.get("kind") == "transport":
+            raise ConnectionError(f"cannot reach the LLM server at {self.url}: {self._redact(err.get('message')) or 'connection failed'} "
+                                  f"(check --base-url / OPENAI_BASE_URL and the network)")
+        if status in (401, 403):
+            key = "the API key (OPENAI_API_KEY) was rejected" if self.__key else "no API key was sent (set OPENAI_API_KEY)"
+            raise PermissionError(f"the LLM server at {self.url} refused the request: {key}; {why}")
+        if status == 429 and err.get("code") == "insufficient_quota":
+            raise PermissionError(f"the LLM server at {self.url} refused the request: the account's quota is spent; {why}")
+        if status == 404:
+            raise ValueError(f"the LLM server at {self.url} answered 404 for model '{self.model}' (a wrong --llm-model, "
+                              f"or a --base-url without the API's path such as /v1?); {why}")
+        if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+            raise ValueError(f"the LLM server at {self.url} refused a one-token request for model '{self.model}': {why}")
+        if err.get("kind") == "format":
+            raise ConnectionError(f"the server at {self.url} does not answer like an OpenAI-compatible API: {why}")
+        return {"status": status, "seconds": seconds}
+
     def _error_message(self, d: Dict[str, Any]) -> str:
         e, n, status = d["error"], d["attempts"], d["status"]
         tries = f"after {n} attempt{'s' if n != 1 else ''}"

@@ -589,35 +589,53 @@ class Run:
         src = self.opts.corpus if which == "train" else self.opts.test_corpus
         if src is None:
             if self.opts.model == "demo":
-                return Corpus.demo("train" if which == "train" else "test")
+                return Corpus.demo("train" if which == "train" else "test", limit=self.opts.max_docs)
             raise ValueError(f"--{'corpus' if which == 'train' else 'test-corpus'} is required for model {self.opts.model}")
         return Corpus(src, limit=self.opts.max_docs)
 
     # ------------------------------------------------------------------ running
-    def run(self, until: Optional[str] = None) -> dict:
+    def run(self, until: Optional[str] = None, announce: Optional[bool] = None) -> dict:
         """Run the stages up to ``until`` (all by default) that are not complete, holding the run
         directory's lock throughout. A stage whose outputs come out different from what the manifest
         recorded (it was damaged and redone, or never recorded) makes the stages after it run
-        again; a full disk raises :class:`DiskFull` with no half-written file left."""
+        again; a full disk raises :class:`DiskFull` with no half-written file left. ``announce``
+        (default: the ``progress`` option): a line on stderr as each stage starts and ends
+        (``[3/12] truncate: ...``). With the OpenAI explainer, one one-token request checks the
+        server and the key before the first stage when an LLM stage is still to run
+        (:meth:`ctxlookup.llm.Client.check`), so a wrong key or URL fails at once."""
+        announce = self.opts.progress if announce is None else announce
         stages = STAGES if until is None else STAGES[: STAGES.index(until) + 1]
         with self.locked():
             self._reload_if_changed()
             self._check_checkpoints()
+            todo = {s for s in stages if self.problem(s) is not None}
+            if self.opts.explainer == "openai" and {"explain", "score"} & todo:
+                if announce:
+                    _say(f"checking the LLM server ({self.client.url}, model {self.opts.llm_model})")
+                self.client.check()
             doing = "the manifest"
             try:
-                for stage in stages:
+                for i, stage in enumerate(stages, 1):
+                    tag = f"[{i}/{len(stages)}] {stage}"
                     why = self.problem(stage)
                     if why is None:
+                        if announce:
+                            _say(f"{tag}: complete (kept from the earlier run)")
                         continue
                     old = self.manifest["stages"].get(stage) or {}
                     if old.get("complete") and self.opts.progress:
                         print(f"replicate: redoing {stage}: {why}", file=sys.stderr)
+                    if announce:
+                        _say(f"{tag}: {_stage_title(stage, self.opts)}")
                     self._written, doing = {}, f"stage {stage}"
                     t0 = time.perf_counter()
-                    attrs = getattr(self, f"_stage_{stage}")() or {}
+                    with _Elapsed(stage, self.opts.progress and stage not in self._stages_with_bars()):
+                        attrs = getattr(self, f"_stage_{stage}")() or {}
                     rec = dict(complete=True, wall_s=round(time.perf_counter() - t0, 3), attrs=attrs,
                                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                outputs={n: self._written[n] for n in OUTPUTS[stage]})
+                    if announce:
+                        _say(f"{' ' * len(tag)}  done in {rec['wall_s']:.1f} s")
                     figures = [f for f in attrs.get("figures", []) if isinstance(f, str)] if isinstance(attrs, dict) else []
                     if figures:
                         rec["files"] = {f: _sha256(os.path.join(self.dir, f)) for f in figures}
@@ -643,6 +661,11 @@ class Run:
                     raise
                 raise _disk_full_error(self.dir, doing, e) from None
         return self.manifest
+
+    def _stages_with_bars(self) -> set:
+        """The stages that show a progress bar of their own (the others get :class:`_Elapsed`)."""
+        own = {"scan", "truncate", "test_scan", "test_truncate", "evidence"}
+        return own | ({"explain", "score"} if self.opts.explainer == "openai" else set())
 
     # ------------------------------------------------------------------ stages
     def _stage_neurons(self):
@@ -697,7 +720,7 @@ class Run:
 
         ma = self.read(src)
         tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
-                      method=self.protocol.truncation, newlines=self.protocol.newlines)
+                      method=self.protocol.truncation, newlines=self.protocol.newlines, progress=self.opts.progress)
         attrs = dict(tr.attrs)
         if name == "test_prompts":
             tr = self._first_prompts(tr, self.protocol.test_prompts_per_neuron)
@@ -874,6 +897,63 @@ class Run:
         if {"next_token", "random"} <= set(summary):
             out["vs_random"] = rising_comparison(ev)
         return {"evidence": out}
+
+
+def _stage_title(stage: str, o: Options) -> str:
+    """What a stage does, in the words announced as it starts."""
+    return {
+        "neurons": "next-token neurons per layer, and the random baseline",
+        "scan": f"the top {max([o.prompts_per_neuron] + list(o.table3 or []))} documents of every neuron on the corpus",
+        "truncate": f"the prompts: the shortest suffix keeping {o.keep:.0%} of each maximum ({o.truncation} search)",
+        "test_scan": f"the top {o.test_prompts_per_neuron} documents of every neuron on the test corpus",
+        "test_truncate": "the test prompts",
+        "attribution": "head attribution on the prompts and the test prompts",
+        "select": f"heads active on {o.low:.0%}-{o.high:.0%} of a neuron's prompts",
+        "explain": f"an explanation per selected head ({o.explainer} explainer)",
+        "score": "the explanations scored on the test prompts",
+        "ablation": f"the {o.ablation}-ablation check",
+        "stats": "statistics, Tables 3 and 4, Figures 5 and 6",
+        "evidence": f"the an-neuron check on {min(o.evidence_docs, o.max_docs or o.evidence_docs)} test documents"
+                    if o.evidence_docs else
+                    "the an-neuron check (skipped: --evidence-docs 0)",
+    }[stage]
+
+
+class _Elapsed:
+    """A tqdm line with a stage's elapsed time, ticking every half second on a thread, for the
+    stages that have no progress bar of their own; gone when the stage ends."""
+
+    def __init__(self, stage: str, enabled: bool):
+        self.stage, self.enabled, self.bar = stage, enabled, None
+
+    def __enter__(self):
+        if self.enabled and sys.stderr.isatty():  # in a log file it would be a line every half second
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                return self
+            import threading
+
+            self.bar = tqdm(total=None, desc=self.stage, bar_format="{desc}: {elapsed} elapsed", leave=False)
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._tick, name=f"ctxlookup-{self.stage}-elapsed", daemon=True)
+            self.thread.start()
+        return self
+
+    def _tick(self):
+        while not self.stop.wait(0.5):
+            self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.stop.set()
+            self.thread.join()
+            self.bar.close()
+        return False
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def evidence_summary(manifest: dict) -> List[str]:

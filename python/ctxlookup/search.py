@@ -66,11 +66,11 @@ def _doc_tokens(model, texts, prepend_bos: bool, max_tokens: int):
     return [r[:max_tokens] for r in rows]
 
 
-def _progress(total=None, desc=""):
+def _progress(total=None, desc="", unit="doc"):
     try:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="doc", smoothing=0.1)
+        return tqdm(total=total, desc=desc, unit=unit, smoothing=0.1)
     except ImportError:  # pragma: no cover
         return None
 
@@ -186,8 +186,9 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
     return df
 
 
-def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384):
-    """Activation of each prompt's neuron at its last token: batched forward passes to the layer."""
+def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384, on_batch=None):
+    """Activation of each prompt's neuron at its last token: batched forward passes to the layer.
+    ``on_batch(n)`` is called after each batch of ``n`` prompts."""
     from .attribution import _batches
 
     out = np.empty(len(prompts), np.float32)
@@ -197,12 +198,14 @@ def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384):
                                         lengths[idx].astype(np.int32), np.array([layer_of[x] for x in idx], np.int32),
                                         np.array([neuron_of[x] for x in idx], np.int32))
         out[idx] = acts
+        if on_batch is not None:
+            on_batch(len(idx))
     return out
 
 
 def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_prompt_tokens: int = 100,
              method: Optional[str] = None, prepend_bos: Optional[bool] = None, chunk: int = 16,
-             newlines: Optional[str] = None, protocol: str = "paper") -> pd.DataFrame:
+             newlines: Optional[str] = None, protocol: str = "paper", progress: bool = True) -> pd.DataFrame:
     """Truncated prompts: ``[layer, neuron, prompt_id, rank, doc_id, subset, text, tokens, n_tokens,
     activation, full_activation, start]`` (plus ``token_id, token`` when ``max_acts`` has them).
 
@@ -228,6 +231,7 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
     ``text`` is its decoded text with line breaks as spaces: ``newlines="lf"`` replaces "\\n" only
     (the authors'), ``"all"`` also "\\r\\n" and "\\r". Prompts of ``max_prompt_tokens`` or more tokens,
     and prompts whose psi is not positive, are dropped; ``df.attrs["dropped"]`` counts them.
+    ``progress``: a tqdm bar of the prompts settled (truncated or dropped), with the forward passes run.
     """
     from . import protocols
 
@@ -266,14 +270,27 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
     L = [r.layer for r in rows]
     N = [r.neuron for r in rows]
 
+    bar = _progress(total=len(live), desc="truncate", unit="prompt") if progress else None
+    passes = [0]
+
+    def counted(n):  # after each batch of forward passes
+        passes[0] += n
+        if bar is not None:
+            bar.set_postfix(passes=passes[0])
+
+    def settled(n):  # n more prompts truncated or dropped
+        if bar is not None and n:
+            bar.update(n)
+
     def evaluate(cands):  # cands: list of (row index, start) -> activations
         ps = [np.concatenate([bos, prompts[i][s:]]) for i, s in cands]
-        return _last_acts(model, ps, [L[i] for i, _ in cands], [N[i] for i, _ in cands])
+        return _last_acts(model, ps, [L[i] for i, _ in cands], [N[i] for i, _ in cands], on_batch=counted)
 
     if method == "exact":
         pending = set(live)
         for lo in range(1, max_prompt_tokens, chunk):
             hi = min(lo + chunk, max_prompt_tokens)  # suffix lengths lo .. hi-1
+            n_before = len(pending)
             cands = [(i, len(prompts[i]) - n) for i in sorted(pending) for n in range(lo, hi) if n <= len(prompts[i])]
             if not cands:
                 break
@@ -282,14 +299,20 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
                 if i in pending and a >= thresholds[i]:
                     starts[i] = s  # shortest first: the first pass within the chunk wins
                     pending.discard(i)
-            pending = {i for i in pending if len(prompts[i]) >= hi}
+            left = {i for i in pending if len(prompts[i]) >= hi}
+            settled(n_before - len(left))
+            pending = left
+        settled(len(pending))  # too long
         dropped["too_long"] = sum(1 for i in live if starts[i] < 0)
     else:  # the authors' search, every prompt's probe of a round in one batch
         lo_s = {i: 0 for i in live}
         hi_s = {i: len(prompts[i]) - 1 for i in live}
         probe = {i: float(rows[i].activation) for i in live}  # psi when nothing is probed
+        n_active = len(live)
         while True:
             mids = [(i, (lo_s[i] + hi_s[i]) // 2) for i in live if (lo_s[i] + hi_s[i]) // 2 != lo_s[i]]
+            settled(n_active - len(mids))
+            n_active = len(mids)
             if not mids:
                 break
             for (i, m), a in zip(mids, evaluate(mids)):
@@ -305,6 +328,8 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
                 dropped["too_long"] += 1
     keep_idx = [i for i in range(len(rows)) if starts[i] >= 0]
     final = evaluate([(i, int(starts[i])) for i in keep_idx]) if keep_idx else np.zeros(0, np.float32)
+    if bar is not None:
+        bar.close()
     tok = model._need_tokenizer()
     out = []
     for pid, (i, a) in enumerate(zip(keep_idx, final)):

@@ -4,9 +4,12 @@ Runs ``ctxlookup replicate`` on the bundled demo model and corpus, with the offl
 GPT-4 when ``OPENAI_API_KEY`` is set, writes the run's HTML report, then prints where the results
 are. If this installation has no bundled demo model, it runs the quickstart example instead and
 says so. A run folder left by an earlier demo with another model (a package upgrade) or another
-explainer is moved aside, not mixed in or deleted.
+explainer is moved aside, not mixed in or deleted. It needs only the package's runtime
+dependencies (``make demo`` installs no torch, transformers or TransformerLens). An error in what
+it was given (a rejected ``OPENAI_API_KEY``, an unreachable server) is one line and exit code 2.
 """
 import os
+import shlex
 import sys
 import time
 
@@ -26,6 +29,16 @@ def replicate_fresh(replicate, out: str, explainer: str):
 
 
 def main(argv=None) -> int:
+    from ..cli import USER_ERRORS
+
+    try:
+        return _main(argv)
+    except USER_ERRORS as e:
+        print(f"ctxlookup demo: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = argv[0] if argv else os.path.join("runs", "demo")
     from ..model import demo_model_path
@@ -54,6 +67,7 @@ def main(argv=None) -> int:
     for f in ("statistics.csv", "scores.csv", "heads.csv", "evidence.csv", "figure5.png", "figure6.png", "manifest.json"):
         print(f"  {os.path.join(run.dir, f)}")
     print(f"report (open in a browser): file://{index}")
+    print(f"to write it again: ctxlookup report {shlex.quote(run.dir)}")
     return 0
 
 
