@@ -51,15 +51,20 @@ def _subparsers():
 
 def test_every_option_has_help_that_shows_its_default():
     p, subs = _subparsers()
-    assert set(subs) == {"replicate", "report"}
-    for name, sp in list(subs.items()) + [("ctxlookup", p)]:
+    assert set(subs) == {"replicate", "report", "authors"}
+    parsers = [("ctxlookup", p)]
+    while parsers:
+        name, sp = parsers.pop()
         fmt = sp._get_formatter()
         for action in sp._actions:
-            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+            if isinstance(action, argparse._SubParsersAction):  # authors replay, authors import
+                parsers += [(f"{name} {k}", v) for k, v in action.choices.items()]
+                continue
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
                 continue
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             shown = fmt._expand_help(action)
-            if action.option_strings:  # positionals (RUN_DIR) have no default
+            if action.option_strings and not action.required:  # positionals (RUN_DIR) and required ones have none
                 assert "default" in shown, f"{name} {action.option_strings}: no default in {shown!r}"
     replicate_help = subs["replicate"].format_help()
     for opt in ("--random-per-layer", "--prompts-per-neuron", "--explainer", "--llm-model", "--seed", "--direction",
@@ -168,7 +173,7 @@ def test_stages_are_announced_with_progress_bars_and_a_closing_summary(tiny_run)
     n = len(STAGES)
     for i, stage in enumerate(STAGES, 1):
         assert f"[{i}/{n}] {stage}: " in err, stage
-    assert "[3/12] truncate: the prompts: the shortest suffix keeping 80% of each maximum" in err
+    assert "[3/12] truncate: the prompts: a suffix keeping 80% of each maximum (the authors' binary search)" in err
     for bar in ("scan:", "truncate:", "test_truncate:"):  # tqdm bars, the truncation's included
         assert bar in err and "prompt" in err
     assert "truncate: 100%" in err

@@ -626,7 +626,7 @@ class Run:
                     if old.get("complete") and self.opts.progress:
                         print(f"replicate: redoing {stage}: {why}", file=sys.stderr)
                     if announce:
-                        _say(f"{tag}: {_stage_title(stage, self.opts)}")
+                        _say(f"{tag}: {_stage_title(stage, self.opts, self.protocol)}")
                     self._written, doing = {}, f"stage {stage}"
                     t0 = time.perf_counter()
                     with _Elapsed(stage, self.opts.progress and stage not in self._stages_with_bars()):
@@ -899,19 +899,23 @@ class Run:
         return {"evidence": out}
 
 
-def _stage_title(stage: str, o: Options) -> str:
-    """What a stage does, in the words announced as it starts."""
+def _stage_title(stage: str, o: Options, p) -> str:
+    """What a stage does, in the words announced as it starts (``p``: the run's protocol rules)."""
+    scan_k = max([p.scan_k, p.prompts_per_neuron] + list(o.table3 or []))
+    test_k = max(p.scan_k, p.test_prompts_per_neuron) if p.count_after_drop else p.test_prompts_per_neuron
+    search = "the authors' binary search" if p.truncation == "binary" else "the shortest suffix"
+    upper = "" if p.high is None or p.high >= 1 else f"-{p.high:.0%}"
     return {
-        "neurons": "next-token neurons per layer, and the random baseline",
-        "scan": f"the top {max([o.prompts_per_neuron] + list(o.table3 or []))} documents of every neuron on the corpus",
-        "truncate": f"the prompts: the shortest suffix keeping {o.keep:.0%} of each maximum ({o.truncation} search)",
-        "test_scan": f"the top {o.test_prompts_per_neuron} documents of every neuron on the test corpus",
-        "test_truncate": "the test prompts",
-        "attribution": "head attribution on the prompts and the test prompts",
-        "select": f"heads active on {o.low:.0%}-{o.high:.0%} of a neuron's prompts",
-        "explain": f"an explanation per selected head ({o.explainer} explainer)",
+        "neurons": f"next-token neurons per layer, and the random baseline (protocol {p.name})",
+        "scan": f"the top {scan_k} documents of every neuron on the corpus",
+        "truncate": f"the prompts: a suffix keeping {o.keep:.0%} of each maximum ({search})",
+        "test_scan": f"the top {test_k} documents of every neuron on the test corpus",
+        "test_truncate": f"the test prompts ({p.test_prompts_per_neuron} per neuron)",
+        "attribution": f"head attribution on the prompts and the test prompts (active: {p.active_rule})",
+        "select": f"heads active on {'more than ' if p.low_strict else ''}{p.low:.0%}{upper} of a neuron's prompts",
+        "explain": f"an explanation per selected head ({o.explainer} explainer, {p.template_version} prompts)",
         "score": "the explanations scored on the test prompts",
-        "ablation": f"the {o.ablation}-ablation check",
+        "ablation": f"the {o.ablation}-ablation check on the {p.ablation_prompts} prompts",
         "stats": "statistics, Tables 3 and 4, Figures 5 and 6",
         "evidence": f"the an-neuron check on {min(o.evidence_docs, o.max_docs or o.evidence_docs)} test documents"
                     if o.evidence_docs else

@@ -54,6 +54,10 @@ def _main(argv=None) -> int:
     print(f"ctxlookup replicate --model demo --out {out} --explainer {explainer}")
     t0 = time.perf_counter()
     run = replicate_fresh(replicate, out, explainer)
+    p = run.protocol
+    print(f"protocol: {p.name} (the paper as the authors' 2024 code runs it: {p.truncation} truncation, active heads "
+          f"by {p.active_rule}, heads active on {p.low:.0%}-{p.high:.0%} of the prompts explained, {p.template_version} "
+          f"prompts; every rule is in {os.path.join(run.dir, 'manifest.json')})")
     st = run.read("statistics")
     print(st.to_string(index=False))
     from ..replicate import evidence_summary
