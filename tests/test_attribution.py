@@ -152,3 +152,31 @@ def test_retokenized_inputs_are_bos_and_the_text_encoded_again(text_model_dir):
     pr = np.exp(lg - lg.max())
     pr /= pr.sum()
     assert res.p_clean.iloc[0] == pytest.approx(pr[m.to_single_token(" the")], rel=1e-4)
+
+
+def test_mean_ablation_uses_the_prompts_mean_z(model):
+    """mode='mean' without mean_z: each head's hook_z averaged over every position of the prompts
+    (brute force from run_with_cache), then patched in for the ablated head."""
+    from ctxlookup.attribution import mean_z
+
+    prompts = make_prompts(model, n=5, seed=4)
+    prompts["layer"], prompts["neuron"] = model.cfg.n_layers - 1, 2
+    heads = pd.DataFrame([dict(layer=model.cfg.n_layers - 1, neuron=2, head_layer=0, head=1)])
+    zs = []
+    for t in prompts.tokens:
+        _, cache = model.run_with_cache(np.array(t)[None], names_filter=lambda n: n.endswith("hook_z"))
+        zs.append(np.stack([cache[f"blocks.{l}.attn.hook_z"][0] for l in range(model.cfg.n_layers)], 1))  # (pos, L, H, d)
+    want = np.concatenate(zs).astype(np.float64).mean(0)
+    got = mean_z(model, prompts, retokenize=False)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    res = ablate_heads(model, prompts, heads, mode="mean", retokenize=False)
+    explicit = ablate_heads(model, prompts, heads, mode="mean", mean_z=got, retokenize=False)
+    pd.testing.assert_frame_equal(res, explicit)
+    p = prompts.iloc[0]
+
+    def to_mean(z, hook):
+        z[:, :, 1] = got[0, 1]
+
+    lg = model.run_with_hooks(np.array(p.tokens)[None], fwd_hooks=[("blocks.0.attn.hook_z", to_mean)])[0, -1].astype(np.float64)
+    pr = np.exp(lg - lg.max())
+    assert res.p_ablated.iloc[0] == pytest.approx(pr[p.token_id] / pr.sum(), rel=1e-4, abs=1e-7)

@@ -16,7 +16,8 @@ import pandas as pd
 
 from . import _core
 
-__all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers", "active_heads"]
+__all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers", "active_heads",
+           "mean_z"]
 
 ACTIVE_RULES = ("mean+2sd", "top3")
 
@@ -209,7 +210,9 @@ def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution:
     (``active`` from ``attribution`` when given). ``prompts`` need ``token_id`` (the neuron's
     token). With ``retokenize`` (default: the ``protocol``'s) the inputs are BOS + the prompt's
     text encoded again and the probability is that of the first token of the neuron's token
-    string encoded again, as the authors' notebook computed both.
+    string encoded again, as the authors' notebook computed both. ``mode="mean"`` without
+    ``mean_z`` uses :func:`mean_z` of these prompts (each head's ``hook_z`` averaged over every
+    position of every prompt, TransformerLens's mean ablation over the data at hand).
     """
     from . import protocols
 
@@ -224,6 +227,9 @@ def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution:
     if retokenize and "token" in prompts.columns:
         first = {t: int(e[0]) for t, e in zip(*_unique_encoded(model, prompts["token"]))}
         token_ids = np.array([first[t] for t in prompts["token"]], np.int64)
+
+    if mode == "mean" and mean_z is None:
+        mean_z = _mean_z(model, toks, batch_tokens)
 
     def last_probs(idx, **kw):
         out = np.empty(len(idx))
@@ -252,6 +258,33 @@ def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution:
                                      "decrease", "active"])
     df.attrs.update(mode=mode, retokenize=retokenize)
     return df
+
+
+def mean_z(model, prompts: pd.DataFrame, batch_tokens: int = 16384, retokenize: Optional[bool] = None,
+           protocol: str = "paper") -> np.ndarray:
+    """``(n_layers, n_heads, d_head)``: each head's ``hook_z`` averaged over every position of every
+    prompt's input (:func:`prompt_tokens`), for ``ablate_heads(mode="mean")``."""
+    from . import protocols
+
+    retokenize = protocols.get(protocol).retokenize if retokenize is None else bool(retokenize)
+    return _mean_z(model, prompt_tokens(model, prompts, retokenize), batch_tokens)
+
+
+def _mean_z(model, toks: list, batch_tokens: int) -> np.ndarray:
+    c = model.cfg
+    total = np.zeros((c.n_layers, c.n_heads, c.d_head), np.float64)
+    n = 0
+    lengths = np.array([len(t) for t in toks])
+    names = [f"blocks.{l}.attn.hook_z" for l in range(c.n_layers)]
+    for idx in _batches(lengths, batch_tokens):
+        _, cache = model.run_with_cache([toks[i] for i in idx], names_filter=lambda k: k in names)
+        for b, i in enumerate(idx):
+            for l, k in enumerate(names):
+                total[l] += cache[k][b, :lengths[i]].sum(0, dtype=np.float64)
+        n += int(lengths[idx].sum())
+    if n == 0:
+        raise ValueError("mean ablation needs at least one prompt token")
+    return (total / n).astype(np.float32)
 
 
 def _unique_encoded(model, tokens):
