@@ -451,3 +451,26 @@ def test_nan_patched_into_q_or_k_propagates_as_in_pytorch(checkpoint, name, hook
     np.testing.assert_array_equal(np.isnan(logits), np.isnan(want_l))
     fin = ~np.isnan(want_l)
     assert not fin.any() or np.abs(logits[fin] - want_l[fin]).max() < ATOL
+
+
+def test_non_utf8_tensor_name_is_the_named_format_error(ckpt):
+    f = ckpt / "model.safetensors"
+    raw = f.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = raw[8:8 + n].replace(b'"transformer.ln_f.bias"', b'"transformer.ln_f.\xff\xfeas"')  # same length
+    f.write_bytes(raw[:8] + hdr + raw[8 + n:])
+    with pytest.raises(FormatError, match=r"tensor 'transformer.ln_f.bias' is missing"):
+        ctxlookup.Model.load(ckpt)
+    hdr = raw[8:8 + n].replace(b'"transformer.ln_f.bias":{"dtype":"F32"', b'"transformer.ln_f.\xff\xfeas":{"dtype":"Q99"')
+    assert hdr != raw[8:8 + n]
+    f.write_bytes(raw[:8] + hdr + raw[8 + n:])
+    with pytest.raises(FormatError, match=r"tensor 'transformer.ln_f.\\xff\\xfeas': unknown dtype 'Q99'"):
+        ctxlookup.Model.load(ckpt)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_fifo_instead_of_a_checkpoint_file_is_refused_at_once(ckpt, name):
+    os.remove(ckpt / name)
+    os.mkfifo(ckpt / name)
+    with pytest.raises(OSError, match=rf"{name}: is a FIFO \(named pipe\), not a regular file"):
+        ctxlookup.Model.load(ckpt)

@@ -6,6 +6,7 @@
  *
  * Expected ids come from Hugging Face tokenizers 0.23.3 with the same files. Ends with
  * "N passed, N failed"; exits non-zero on failure. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,12 +242,25 @@ static void test_errors(const char *tmp) {
     cl_tokenizer_free(NULL);
 }
 
+/* The shared data folder next to the repository: the binary is <repo>/tests/c/bin/<name>, so
+ * <repo>/../shared/data/tokenizers/<sub>, wherever the test is run from. */
+static const char *shared_tokenizers(const char *argv0, const char *sub, char *buf, size_t cap) {
+    char real[PATH_MAX];
+    if (!realpath(argv0, real)) snprintf(real, sizeof real, "%s", argv0);
+    for (int up = 0; up < 4; up++) { /* <name>, bin, c, tests */
+        char *slash = strrchr(real, '/');
+        if (slash) *slash = '\0';
+    }
+    snprintf(buf, cap, "%s/../shared/data/tokenizers/%s", real, sub);
+    return buf;
+}
+
 /* usage: test_tokenizer [GPT2_DIR NEOX_DIR TMP_DIR]; by default the real tokenizer files in
- * ../shared/data/tokenizers (run from the repository root) and a fresh temporary folder. */
+ * ../shared/data/tokenizers next to the repository and a fresh temporary folder. */
 int main(int argc, char **argv) {
-    char tmpl[] = "/tmp/cl_tok_test_XXXXXX";
-    const char *gpt2 = argc > 1 ? argv[1] : "../shared/data/tokenizers/gpt2";
-    const char *neox = argc > 2 ? argv[2] : "../shared/data/tokenizers/gpt-neox-20b";
+    char tmpl[] = "/tmp/cl_tok_test_XXXXXX", gbuf[PATH_MAX + 64], nbuf[PATH_MAX + 64];
+    const char *gpt2 = argc > 1 ? argv[1] : shared_tokenizers(argv[0], "gpt2", gbuf, sizeof gbuf);
+    const char *neox = argc > 2 ? argv[2] : shared_tokenizers(argv[0], "gpt-neox-20b", nbuf, sizeof nbuf);
     const char *tmp = argc > 3 ? argv[3] : mkdtemp(tmpl);
     if (!tmp) {
         fprintf(stderr, "cannot make a temporary folder\n");
