@@ -1663,9 +1663,11 @@ static cl_status load_merges_txt(builder *b, const char *path) {
         const char *sp = memchr(line, ' ', n);
         snprintf(where, sizeof where, "%s:%d", path, lineno);
         if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - line))) {
+            /* the message quotes the line: format it before freeing the text it points into */
+            st = cl_fail(b->err, CL_EFORMAT, "%s: expected two tokens separated by one space, got \"%.*s\"",
+                         where, CLIPN(line, n));
             free(data);
-            return cl_fail(b->err, CL_EFORMAT, "%s: expected two tokens separated by one space, got \"%.*s\"",
-                           where, CLIPN(line, n));
+            return st;
         }
         st = add_merge(b, where, line, (size_t)(sp - line), sp + 1, n - (size_t)(sp + 1 - line), rank++);
         if (st) {

@@ -210,6 +210,17 @@ static void test_errors(const char *tmp) {
     st = cl_tokenizer_load(dir, &t, &err);
     CHECK(st == CL_EFORMAT && strstr(err.msg, "tokenizer.json:3:"), "bad JSON: %s", err.msg);
 
+    /* found by the fuzzer: the message quoted a bad merges.txt line after its text was freed */
+    char vdir[1100];
+    snprintf(vdir, sizeof vdir, "%s/ctok_bad_merges", tmp);
+    snprintf(path, sizeof path, "mkdir -p %s", vdir);
+    if (system(path) != 0) exit(2);
+    write_file(vdir, "vocab.json", "{\"a\": 0, \"b\": 1, \"ab\": 2}");
+    write_file(vdir, "merges.txt", "#version: 0.2\na b\nthis line has three spaces and is longer than sixty bytes in all\n");
+    st = cl_tokenizer_load(vdir, &t, &err);
+    CHECK(st == CL_EFORMAT && strstr(err.msg, "merges.txt:3: expected two tokens separated by one space, got \"this line has"),
+          "bad merges line: %s", err.msg);
+
     write_file(dir, "tokenizer.json",
                "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
     st = cl_tokenizer_load(dir, &t, &err);
