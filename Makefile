@@ -21,7 +21,7 @@ LIBS_C := $(shell pkg-config --libs openblas libcurl libcjson 2>/dev/null) -lm -
 C_LIB_SRC := $(filter-out csrc/py_%.c,$(wildcard csrc/*.c))
 C_TESTS := $(patsubst tests/c/%.c,tests/c/bin/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all sysdeps sysdeps-build deps build-deps build test test-py test-c demo wheel bench sanitize sanitize-py clean
+.PHONY: all sysdeps sysdeps-build deps build-deps build test test-py test-c demo wheel bench sanitize sanitize-py fuzz fuzz-smoke fuzz-sysdeps clean
 
 all: build
 
@@ -43,7 +43,7 @@ build-deps: sysdeps-build
 build: build-deps
 	$(PIP) install -q --no-build-isolation -e .
 
-test: deps build test-c test-py
+test: deps build test-c fuzz-smoke test-py
 
 # CTXLOOKUP_STRICT_TESTS: the browser and notebook tests fail, not skip, when chromium or nbclient is missing
 test-py:
@@ -84,6 +84,34 @@ sanitize-py: deps
 	  UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan/report \
 	  CTXLOOKUP_SANITIZE=1 PYTHONPATH=build/asan/pkg $(PYTHON) -m pytest tests -q -p no:cacheprovider $(SANITIZE_PY_SKIP); \
 	rc=$$?; if ls build/asan/report.* >/dev/null 2>&1; then cat build/asan/report.*; exit 1; fi; exit $$rc
+
+# Coverage-guided fuzzing (libFuzzer, clang) of the C loaders with ASan + UBSan: the safetensors
+# header, config.json and the tokenizer files, each seeded with real files (tests/fuzz/seeds, the
+# shared tokenizers). `make fuzz` runs FUZZ_SECONDS split across the harnesses; `make fuzz-smoke`
+# (in `make test`) a minute. A crash leaves crash-* in build/fuzz/<harness>/ and fails the target;
+# each becomes a regression input in tests/fuzz/seeds/<harness>/ (replayed by every run).
+FUZZ_SECONDS ?= 1800
+FUZZ_HARNESSES := safetensors config tokenizer
+FUZZ_CC ?= clang
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_GNU_SOURCE -Icsrc \
+               $(shell pkg-config --cflags libcjson 2>/dev/null)
+FUZZ_SRC := csrc/cl_common.c csrc/cl_safetensors.c csrc/cl_config.c csrc/cl_tokenizer.c
+SHARED_TOK := $(abspath $(CURDIR)/../shared/data/tokenizers)
+fuzz-sysdeps:
+	@for p in clang libomp-dev; do dpkg -s $$p >/dev/null 2>&1 || (apt-get install -y -q $$p || (apt-get update -q && apt-get install -y -q $$p)); done
+build/fuzz/bin/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) $(wildcard csrc/*.h)
+	@mkdir -p build/fuzz/bin
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fopenmp -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs libcjson 2>/dev/null) -lm
+build/fuzz/seeds: tests/fuzz/make_seeds.py
+	rm -rf $@ && $(PYTHON) tests/fuzz/make_seeds.py $@ "$(SHARED_TOK)"
+fuzz fuzz-smoke: fuzz-sysdeps build/fuzz/seeds $(patsubst %,build/fuzz/bin/%,$(FUZZ_HARNESSES))
+	@secs=$(if $(filter fuzz-smoke,$@),60,$(FUZZ_SECONDS)); per=$$((secs / $(words $(FUZZ_HARNESSES)))); rc=0; \
+	for h in $(FUZZ_HARNESSES); do mkdir -p build/fuzz/$$h/corpus; \
+	  echo "== fuzz $$h for $$per s"; \
+	  (cd build/fuzz/$$h && ASAN_OPTIONS=detect_leaks=1 ../bin/$$h -max_total_time=$$per -max_len=65536 -rss_limit_mb=4096 \
+	    -timeout=20 -print_final_stats=1 corpus ../seeds/$$h $(CURDIR)/tests/fuzz/seeds/$$h 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==ERROR|SUMMARY|.*cov:.*ft:)" | tail -4) ; \
+	  if ls build/fuzz/$$h/crash-* build/fuzz/$$h/leak-* build/fuzz/$$h/timeout-* >/dev/null 2>&1; then echo "fuzz $$h: FOUND $$(ls build/fuzz/$$h/crash-* build/fuzz/$$h/leak-* build/fuzz/$$h/timeout-* 2>/dev/null)"; rc=1; fi; \
+	done; exit $$rc
 
 demo: build
 	$(PYTHON) -m ctxlookup.demo

@@ -41,10 +41,22 @@ typedef struct {
 
 static inline int cl_cancel_check(const cl_cancel *c) { return c && c->fn && c->fn(c->ctx); }
 
-/* Overflow-checked size arithmetic: returns 0 on overflow. */
+/* Overflow-checked size arithmetic for every size or offset that comes from a file: each returns
+ * 0 on overflow (and leaves *out alone), 1 with the result in *out. */
 static inline int cl_mul_size(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a) return 0;
     *out = a * b;
+    return 1;
+}
+static inline int cl_add_size(size_t a, size_t b, size_t *out) {
+    if (b > SIZE_MAX - a) return 0;
+    *out = a + b;
+    return 1;
+}
+/* *acc += a * b, checked; once an overflow happened *acc stays SIZE_MAX and the result is 0. */
+static inline int cl_mul_add_size(size_t *acc, size_t a, size_t b) {
+    size_t p;
+    if (*acc == SIZE_MAX || !cl_mul_size(a, b, &p) || !cl_add_size(*acc, p, acc)) { *acc = SIZE_MAX; return 0; }
     return 1;
 }
 
@@ -54,7 +66,16 @@ static inline int cl_mul_size(size_t a, size_t b, size_t *out) {
 int cl_num_threads(void);
 void cl_set_num_threads(int n);
 
-/* Read a whole small file (config.json, vocab.json) into a NUL-terminated buffer. */
+/* Read a whole small file (config.json, vocab.json) into a NUL-terminated buffer. Only a regular
+ * file is read (a FIFO or device is refused at once, never blocked on), and at most max_bytes of
+ * it (0: CL_READ_FILE_MAX); a longer file is a CL_EFORMAT error naming the limit. */
+#define CL_READ_FILE_MAX ((size_t)1 << 30)
 cl_status cl_read_file(const char *path, char **data, size_t *len, cl_error *err);
+cl_status cl_read_file_max(const char *path, size_t max_bytes, char **data, size_t *len, cl_error *err);
+
+/* open(path, O_RDONLY) for a regular file only: opened with O_NONBLOCK (a FIFO cannot block the
+ * open), then fstat'ed; anything but a regular file is a CL_EIO error naming the path and what it
+ * is. Returns the descriptor (O_NONBLOCK cleared) or -1 with err filled. */
+int cl_open_regular(const char *path, cl_error *err);
 
 #endif

@@ -8,7 +8,15 @@
 
 #include "cl_model.h"
 
-static const cJSON *get(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
+/* The value of key k in object o; with duplicated keys the last one, as Python's json (and so
+ * transformers) reads them. cJSON keeps every duplicate and its own lookup returns the first. */
+static const cJSON *get(const cJSON *o, const char *k) {
+    const cJSON *found = NULL;
+    if (!cJSON_IsObject(o)) return NULL;
+    for (const cJSON *x = o->child; x; x = x->next)
+        if (x->string && !strcmp(x->string, k)) found = x;
+    return found;
+}
 
 static cl_status get_int(const cJSON *o, const char *k, int *v, int required, int dflt, const char *path, cl_error *err) {
     const cJSON *x = get(o, k);
@@ -18,7 +26,7 @@ static cl_status get_int(const cJSON *o, const char *k, int *v, int required, in
         return CL_OK;
     }
     if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble > 1e9 || x->valuedouble < -1e9)
-        return cl_fail(err, CL_EFORMAT, "%s: field '%s' must be an integer", path, k);
+        return cl_fail(err, CL_EFORMAT, "%s: field '%s' must be an integer (of at most 1e9 in size)", path, k);
     *v = (int)x->valuedouble;
     return CL_OK;
 }
@@ -104,30 +112,29 @@ cl_status cl_config_parse(cl_config *c, const char *json, const char *path, cl_e
         const cJSON *ha = get(root, "hidden_act");
         if (ha && !cJSON_IsString(ha)) { st = cl_fail(err, CL_EFORMAT, "%s: field 'hidden_act' must be a string", path); goto done; }
         TRY(parse_act(c, ha ? ha->valuestring : "gelu", "hidden_act", path, err));
+        /* As transformers' GPTNeoXConfig: rope_scaling, when set (non-empty), replaces
+         * rope_parameters; that dict's rope_theta / partial_rotary_factor win, else rotary_emb_base
+         * / rotary_pct, else 10000 / 0.25. Top-level rope_theta and partial_rotary_factor are
+         * not read (transformers ignores them too). */
+        const cJSON *rp = get(root, "rope_scaling");
+        const char *rp_name = "rope_scaling";
+        if (!rp || cJSON_IsNull(rp) || (cJSON_IsObject(rp) && !rp->child) || cJSON_IsFalse(rp)) {
+            rp = get(root, "rope_parameters");
+            rp_name = "rope_parameters";
+        }
         TRY(get_num(root, "rotary_pct", &pct, 0.25, path, err));
         TRY(get_num(root, "rotary_emb_base", &base, 10000.0, path, err));
-        TRY(get_num(root, "rope_theta", &base, base, path, err));
-        TRY(get_num(root, "partial_rotary_factor", &pct, pct, path, err));
-        const cJSON *rp = get(root, "rope_parameters");
         if (rp && !cJSON_IsNull(rp)) {
-            if (!cJSON_IsObject(rp)) { st = cl_fail(err, CL_EFORMAT, "%s: field 'rope_parameters' must be an object", path); goto done; }
+            if (!cJSON_IsObject(rp)) { st = cl_fail(err, CL_EFORMAT, "%s: field '%s' must be an object", path, rp_name); goto done; }
             const cJSON *rt = get(rp, "rope_type");
+            if (!rt) rt = get(rp, "type");
             if (rt && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default"))) {
-                st = cl_fail(err, CL_EFORMAT, "%s: rope_parameters.rope_type '%s' is not supported (only 'default')", path,
-                             cJSON_IsString(rt) ? rt->valuestring : "?");
+                st = cl_fail(err, CL_EFORMAT, "%s: %s.rope_type '%s' is not supported (only 'default'; RoPE scaling is not supported)",
+                             path, rp_name, cJSON_IsString(rt) ? rt->valuestring : "?");
                 goto done;
             }
             TRY(get_num(rp, "rope_theta", &base, base, path, err));
             TRY(get_num(rp, "partial_rotary_factor", &pct, pct, path, err));
-        }
-        const cJSON *rs = get(root, "rope_scaling");
-        if (rs && !cJSON_IsNull(rs)) {
-            const cJSON *rt = cJSON_IsObject(rs) ? get(rs, "rope_type") : NULL;
-            if (!rt) rt = cJSON_IsObject(rs) ? get(rs, "type") : NULL;
-            if (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default")) {
-                st = cl_fail(err, CL_EFORMAT, "%s: field 'rope_scaling' is set; RoPE scaling is not supported", path);
-                goto done;
-            }
         }
         if (!(pct > 0 && pct <= 1)) { st = cl_fail(err, CL_EFORMAT, "%s: rotary fraction %g must be in (0, 1]", path, pct); goto done; }
         if (!(base > 0)) { st = cl_fail(err, CL_EFORMAT, "%s: rotary base %g must be positive", path, base); goto done; }
@@ -144,14 +151,22 @@ cl_status cl_config_parse(cl_config *c, const char *json, const char *path, cl_e
     TRY(get_int(root, "bos_token_id", &c->bos_token_id, 0, -1, path, err));
     TRY(get_int(root, "eos_token_id", &c->eos_token_id, 0, -1, path, err));
     TRY(get_int(root, "pad_token_id", &c->pad_token_id, 0, -1, path, err));
-    const char *what = NULL;
-    if (c->n_layers < 1) what = "number of layers";
-    else if (c->d_model < 1) what = "d_model";
-    else if (c->n_heads < 1) what = "number of heads";
-    else if (c->d_mlp < 1) what = "d_mlp";
-    else if (c->d_vocab < 1) what = "vocab_size";
-    else if (c->n_ctx < 1) what = "context length";
-    if (what) { st = cl_fail(err, CL_EFORMAT, "%s: %s must be positive", path, what); goto done; }
+    /* Each size within what a model can be (cl_model.h), so no size computed from them wraps. */
+    const int gpt2 = c->arch == CL_ARCH_GPT2;
+    const struct { int v, max; const char *name; } sizes[] = {
+        {c->n_layers, CL_MAX_LAYERS, gpt2 ? "n_layer" : "num_hidden_layers"},
+        {c->d_model, CL_MAX_D_MODEL, gpt2 ? "n_embd" : "hidden_size"},
+        {c->n_heads, CL_MAX_HEADS, gpt2 ? "n_head" : "num_attention_heads"},
+        {c->d_mlp, CL_MAX_D_MLP, gpt2 ? "n_inner" : "intermediate_size"},
+        {c->d_vocab, CL_MAX_VOCAB, "vocab_size"},
+        {c->n_ctx, CL_MAX_CTX, gpt2 ? "n_positions" : "max_position_embeddings"},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v < 1 || sizes[i].v > sizes[i].max) {
+            st = cl_fail(err, CL_EFORMAT, "%s: field '%s' is %d; it must be in [1, %d]", path, sizes[i].name, sizes[i].v,
+                         sizes[i].max);
+            goto done;
+        }
     if (c->d_model % c->n_heads) {
         st = cl_fail(err, CL_EFORMAT, "%s: d_model %d is not divisible by the number of heads %d", path, c->d_model, c->n_heads);
         goto done;
@@ -159,6 +174,11 @@ cl_status cl_config_parse(cl_config *c, const char *json, const char *path, cl_e
     c->d_head = c->d_model / c->n_heads;
     if (c->rotary_dim % 2) {
         st = cl_fail(err, CL_EFORMAT, "%s: rotary dimension %d (d_head %d x rotary fraction) must be even", path, c->rotary_dim, c->d_head);
+        goto done;
+    }
+    if ((int64_t)c->n_ctx * c->rotary_dim > ((int64_t)1 << 28)) { /* the rotary tables, 2 x n_ctx x rotary_dim / 2 floats */
+        st = cl_fail(err, CL_EFORMAT, "%s: field 'max_position_embeddings' %d with rotary dimension %d needs rotary tables "
+                     "over 1 GB", path, c->n_ctx, c->rotary_dim);
         goto done;
     }
     if (!(eps > 0)) { st = cl_fail(err, CL_EFORMAT, "%s: layer norm epsilon must be positive", path); goto done; }

@@ -391,6 +391,8 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
             for (int task = 0; task < tasks; task++) {
                 int b = task / H, h = task % H;
                 cl_attention_softmax(f.attn_buf + ((size_t)b * H + h) * T * T, T, a->lengths[b], (int)T);
+                cl_attention_nan_keys(f.attn_buf + ((size_t)b * H + h) * T * T, T, (int)T, NULL, 0,
+                                      qkv + (size_t)start[b] * 3 * D + D + (size_t)h * dh, 3 * D, a->lengths[b], dh);
             }
             TRY(hook_attention(&f, CL_HK_PATTERN, l, err));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -412,6 +414,13 @@ cl_status cl_forward(const cl_model *m, const cl_fwd_args *a, cl_error *err) {
                     attention_block_blas(zo, D, q, q + D, q + 2 * D, 3 * D, t.i0,
                                          a->lengths[t.b] - t.i0 < QB ? a->lengths[t.b] - t.i0 : QB, dh, sc, sc_buf);
             }
+        }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int task = 0; task < tasks; task++) { /* NaN in k, NaN / inf in v reach every query, as in PyTorch */
+            float *zh = z + (size_t)start[task / H] * D + (size_t)(task % H) * dh;
+            const float *kh = qkv + (size_t)start[task / H] * 3 * D + D + (size_t)(task % H) * dh;
+            cl_attention_nan_keys(NULL, 0, 0, zh, D, kh, 3 * D, a->lengths[task / H], dh);
+            cl_attention_nonfinite_v(zh, D, kh + D, 3 * D, a->lengths[task / H], dh);
         }
         TRY(hook_rows(&f, CL_HK_Z, l, z, D, err));
         DONE_IF_FINISHED();

@@ -166,16 +166,28 @@ static inline void score_row(float *s, const float *qi, const float *kT, int T, 
 }
 
 /* softmax(scale * s[0..n)) in place (scale > 0); entries from n on untouched. The max and the
- * sum run in 16 lanes, then across them: a fixed order, the same on every run and thread count. */
-VINLINE void softmax_row(float *s, int n, float scale) {
-    int j, nv = n - n % W;
+ * sum run in 16 lanes, then across them: a fixed order, the same on every run and thread count.
+ * As in PyTorch, a row holding a NaN, or whose max is infinite, is NaN throughout (the max
+ * comparisons and vexp's clamps would otherwise drop a NaN); returns 1 for such a row. */
+VINLINE int softmax_row(float *s, int n, float scale) {
+    int j, nv = n - n % W, nan = 0;
     float mx = -INFINITY, sum = 0.0f;
     if (nv) {
         v16 m = vload(s);
-        for (j = W; j < nv; j += W) m = vmax(m, vload(s + j));
+        v16i bad = m != m;
+        for (j = W; j < nv; j += W) {
+            v16 x = vload(s + j);
+            bad |= x != x;
+            m = vmax(m, x);
+        }
         mx = hmax(m);
+        for (int k = 0; k < W; k++) nan |= bad[k] != 0;
     }
-    for (j = nv; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    for (j = nv; j < n; j++) { mx = s[j] > mx ? s[j] : mx; nan |= s[j] != s[j]; }
+    if (nan || mx == INFINITY || mx == -INFINITY) {
+        for (j = 0; j < n; j++) s[j] = NAN;
+        return 1;
+    }
     v16 acc = vsplat(0.0f);
     for (j = 0; j < nv; j += W) {
         v16 e = vexp((vload(s + j) - mx) * scale);
@@ -195,6 +207,7 @@ VINLINE void softmax_row(float *s, int n, float scale) {
     float inv = 1.0f / sum;
     for (j = 0; j < nv; j += W) vstore(s + j, vload(s + j) * inv);
     for (j = nv; j < n; j++) s[j] *= inv;
+    return 0;
 }
 
 /* z_i = sum_j p_j v_j */
@@ -210,8 +223,8 @@ HOT void cl_softmax_causal(float *S, size_t ldS, int n_rows, int first_row, int 
     for (int r = 0; r < n_rows; r++) {
         float *s = S + (size_t)r * ldS;
         int n = first_row + r + 1;
-        softmax_row(s, n, scale);
-        for (int j = n; j < ncols; j++) s[j] = 0.0f;
+        float fill = softmax_row(s, n, scale) ? NAN : 0.0f; /* a NaN row is NaN at masked keys too, as in PyTorch */
+        for (int j = n; j < ncols; j++) s[j] = fill;
     }
 }
 
@@ -261,8 +274,8 @@ HOT void cl_attention_head(float *z, size_t zstride, const float *q, const float
         for (int r = 0; r < 4; r++) {
             float *s = S + (size_t)r * Tp;
             int n = r < rows ? i0 + r + 1 : 0;
-            if (n) softmax_row(s, n, 1.0f);
-            for (int j = n; j < ncv; j++) s[j] = 0.0f;
+            float fill = n && softmax_row(s, n, 1.0f) ? NAN : 0.0f;
+            for (int j = n; j < ncv; j++) s[j] = fill;
         }
         for (int dc = 0; dc < dv; dc += W) {
             v16 a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
@@ -302,12 +315,35 @@ HOT void cl_attention_softmax(float *P, size_t ldS, int T, int T_pad) {
     for (int i = 0; i < T_pad; i++) {
         float *s = P + (size_t)i * ldS;
         int n = 0;
-        if (i < T) { softmax_row(s, i + 1, 1.0f); n = i + 1; }
-        for (int j = n; j < T_pad; j++) s[j] = 0.0f;
+        float fill = 0.0f;
+        if (i < T) { fill = softmax_row(s, i + 1, 1.0f) ? NAN : 0.0f; n = i + 1; }
+        for (int j = n; j < T_pad; j++) s[j] = fill;
     }
 }
 
 HOT void cl_attention_pv(float *z, size_t zstride, const float *P, size_t ldS, const float *v, size_t stride, int T,
                          int d_head) {
     for (int i = 0; i < T; i++) pv_row(z + (size_t)i * zstride, P + (size_t)i * ldS, i + 1, v, stride, d_head);
+}
+
+void cl_attention_nonfinite_v(float *z, size_t zstride, const float *v, size_t stride, int T, int d_head) {
+    for (int d = 0; d < d_head; d++) {
+        int bad = 0;
+        for (int j = 0; j < T && !bad; j++) bad = !isfinite(v[(size_t)j * stride + d]);
+        if (bad)
+            for (int i = 0; i < T; i++) z[(size_t)i * zstride + d] = NAN;
+    }
+}
+
+int cl_attention_nan_keys(float *P, size_t ldS, int T_pad, float *z, size_t zstride, const float *k, size_t stride, int T,
+                          int d_head) {
+    int nan = 0;
+    for (int j = 0; j < T && !nan; j++)
+        for (int d = 0; d < d_head; d++) nan |= isnan(k[(size_t)j * stride + d]);
+    if (!nan) return 0;
+    for (int i = 0; i < T; i++) {
+        if (P) for (int j = 0; j < T_pad; j++) P[(size_t)i * ldS + j] = NAN;
+        if (z) for (int d = 0; d < d_head; d++) z[(size_t)i * zstride + d] = NAN;
+    }
+    return 1;
 }

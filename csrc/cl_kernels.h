@@ -38,6 +38,18 @@ void cl_attention_scores(float *S /* (T_pad rows used: T, T_pad) */, size_t ldS,
 void cl_attention_softmax(float *P /* (T_pad, T_pad) in place */, size_t ldS, int T, int T_pad);
 void cl_attention_pv(float *z, size_t zstride, const float *P, size_t ldS, const float *v, size_t stride, int T, int d_head);
 
+/* As PyTorch's pattern @ v, where a masked (zero) weight times a NaN or infinite value is NaN:
+ * every column d of v (T rows, stride) holding a non-finite value makes z[:, d] NaN for all T
+ * query rows (zstride), the earlier ones included. */
+void cl_attention_nonfinite_v(float *z, size_t zstride, const float *v, size_t stride, int T, int d_head);
+
+/* As transformers' eager attention, whose causal mask is added to the scores: a NaN in any key
+ * (k: T rows, stride, d_head features) makes every query's scores row hold a NaN, so the whole
+ * pattern and every z row of this head are NaN. Fills P's T rows x T_pad columns (ldS) and z's
+ * T rows (zstride) with NaN, each when not NULL; returns whether k held a NaN. */
+int cl_attention_nan_keys(float *P, size_t ldS, int T_pad, float *z, size_t zstride, const float *k, size_t stride, int T,
+                          int d_head);
+
 /* Softmax of scale * (a block of causal score rows), in place: row r is query first_row + r and
  * keeps columns 0..first_row+r; later columns (up to ncols) are set to 0. scale > 0. */
 void cl_softmax_causal(float *S /* (n_rows, ncols) */, size_t ldS, int n_rows, int first_row, int ncols, float scale);

@@ -29,7 +29,21 @@ cl_status cl_config_parse(cl_config *cfg, const char *json, const char *path, cl
 
 typedef struct {
     int fold_ln, center_writing_weights, center_unembed, fold_value_biases;
+    /* 0 (default): every weight is copied into the arena and the files are closed after loading,
+     * so nothing done to them later can reach the model. 1: F32 embeddings whose layout matches
+     * stay in the files' read-only mapping (less anonymous memory); cl_model_check_files then
+     * refuses a model whose files changed since loading. */
+    int mmap_weights;
 } cl_load_opts;
+
+/* Largest sizes a config.json may give (each far above any published GPT-2 / GPT-NeoX model);
+ * a larger value is a CL_EFORMAT error naming the field, before anything is allocated. */
+#define CL_MAX_LAYERS 1024
+#define CL_MAX_D_MODEL 65536
+#define CL_MAX_HEADS 1024
+#define CL_MAX_D_MLP (4 * 65536)
+#define CL_MAX_VOCAB (1 << 22)
+#define CL_MAX_CTX (1 << 20)
 
 typedef struct {
     cl_config cfg;
@@ -59,5 +73,11 @@ typedef struct {
 /* Load config.json + safetensors from a folder. */
 cl_status cl_model_load(const char *dir, const cl_load_opts *opts, cl_model **out, cl_error *err);
 void cl_model_free(cl_model *m); /* accepts NULL */
+
+/* With mmap_weights: CL_EIO naming the file when a mapped checkpoint file was truncated,
+ * rewritten or otherwise modified since loading (size, modification or change time of the
+ * mapped inode); reading it could crash the process (SIGBUS) or silently change the weights.
+ * Without mapped weights: always CL_OK. Run before every forward pass. */
+cl_status cl_model_check_files(const cl_model *m, cl_error *err);
 
 #endif

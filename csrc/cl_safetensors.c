@@ -88,7 +88,7 @@ static cl_status parse_record(const char *path, const cJSON *rec, cl_st_tensor *
         return cl_fail(err, CL_EFORMAT, "%s: tensor '%s': field 'data_offsets' must be [begin, end]", path, name);
     double b = cJSON_GetArrayItem(offs, 0)->valuedouble, e = cJSON_GetArrayItem(offs, 1)->valuedouble;
     if (!cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) ||
-        b < 0 || e < b || b != (double)(int64_t)b || e != (double)(int64_t)e)
+        b < 0 || e < b || e > 9.007199254740992e15 || b != (double)(int64_t)b || e != (double)(int64_t)e)
         return cl_fail(err, CL_EFORMAT, "%s: tensor '%s': data_offsets [%.0f, %.0f] are not valid", path, name, b, e);
     t->begin = (size_t)b;
     t->end = (size_t)e;
@@ -114,15 +114,19 @@ static cl_status open_shard(const char *path, cl_st_shard *sh, int shard_idx, cl
     int first = *n_tensors;
     sh->path = str_dup(path);
     if (!sh->path) return cl_fail(err, CL_ENOMEM, "out of memory");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return cl_fail(err, CL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int fd = cl_open_regular(path, err); /* a FIFO is refused at once, never blocked on */
+    if (fd < 0) return err ? err->code : CL_EIO;
     struct stat sb;
     if (fstat(fd, &sb) != 0) { close(fd); return cl_fail(err, CL_EIO, "%s: cannot stat: %s", path, strerror(errno)); }
-    if (!S_ISREG(sb.st_mode)) { close(fd); return cl_fail(err, CL_EIO, "%s: not a regular file", path); }
+    sh->fd = fd; /* closed by cl_st_close */
+    sh->ino = (int64_t)sb.st_ino;
+    sh->dev = (int64_t)sb.st_dev;
+    sh->size = (int64_t)sb.st_size;
+    sh->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+    sh->ctime_ns = (int64_t)sb.st_ctim.tv_sec * 1000000000 + sb.st_ctim.tv_nsec;
     size_t size = (size_t)sb.st_size;
-    if (size < 8) { close(fd); return cl_fail(err, CL_EFORMAT, "%s: %zu bytes, too short for a safetensors file (truncated?)", path, size); }
+    if (size < 8) return cl_fail(err, CL_EFORMAT, "%s: %zu bytes, too short for a safetensors file (truncated?)", path, size);
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
     if (map == MAP_FAILED) return cl_fail(err, CL_EIO, "%s: mmap failed: %s", path, strerror(errno));
     sh->map = map;
     sh->map_size = size;
@@ -220,6 +224,7 @@ static cl_status add_shard(cl_st_set *s, const char *path, int *cap_t, cl_error 
     if (!ns) return cl_fail(err, CL_ENOMEM, "out of memory");
     s->shards = ns;
     memset(&s->shards[s->n_shards], 0, sizeof *ns);
+    s->shards[s->n_shards].fd = -1;
     s->n_shards++;
     return open_shard(path, &s->shards[s->n_shards - 1], s->n_shards - 1, &s->tensors, &s->n_tensors, cap_t, err);
 }
@@ -315,10 +320,30 @@ void cl_st_close(cl_st_set *s) {
     free(s->tensors);
     for (int i = 0; i < s->n_shards; i++) {
         if (s->shards[i].map) munmap(s->shards[i].map, s->shards[i].map_size);
+        if (s->shards[i].fd >= 0) close(s->shards[i].fd);
         free(s->shards[i].path);
     }
     free(s->shards);
     free(s);
+}
+
+cl_status cl_st_check(const cl_st_set *s, cl_error *err) {
+    for (int i = 0; s && i < s->n_shards; i++) {
+        const cl_st_shard *sh = &s->shards[i];
+        struct stat sb;
+        if (sh->fd < 0) continue;
+        if (fstat(sh->fd, &sb) != 0)
+            return cl_fail(err, CL_EIO, "%s: cannot stat the loaded checkpoint file: %s", sh->path, strerror(errno));
+        int64_t mt = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+        int64_t ct = (int64_t)sb.st_ctim.tv_sec * 1000000000 + sb.st_ctim.tv_nsec;
+        if ((int64_t)sb.st_size != sh->size || mt != sh->mtime_ns || ct != sh->ctime_ns)
+            return cl_fail(err, CL_EIO,
+                           "%s: the checkpoint file was modified after the model was loaded (%s); its weights are "
+                           "used from the file's memory map (mmap=True), so the model can no longer be used: "
+                           "load it again", sh->path,
+                           (int64_t)sb.st_size != sh->size ? "its size changed" : "rewritten in place");
+    }
+    return CL_OK;
 }
 
 const cl_st_tensor *cl_st_find(const cl_st_set *s, const char *name) {

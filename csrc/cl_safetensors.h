@@ -26,6 +26,8 @@ typedef struct {
     void *map;
     size_t map_size;
     size_t data_offset; /* 8 + header length */
+    int fd;             /* kept open (-1: closed) to notice changes to the mapped file */
+    int64_t ino, dev, size, mtime_ns, ctime_ns; /* at open */
 } cl_st_shard;
 
 typedef struct {
@@ -43,6 +45,10 @@ size_t cl_dtype_size(cl_dtype dt);
  * record is validated before anything is returned. */
 cl_status cl_st_open(const char *path, cl_st_set **out, cl_error *err);
 void cl_st_close(cl_st_set *s); /* accepts NULL */
+
+/* CL_EIO naming the file when a mapped file's size, modification or change time differ from
+ * when it was opened (truncated, rewritten in place); CL_OK while every file is as opened. */
+cl_status cl_st_check(const cl_st_set *s, cl_error *err);
 const cl_st_tensor *cl_st_find(const cl_st_set *s, const char *name);
 
 /* Tell the kernel that a tensor's pages will not be read again (after converting it),

@@ -652,12 +652,18 @@ static heap_ent heap_pop(heap_ent *h, size_t *n) {
     return top;
 }
 
-/* BPE of one word (a pre-token's bytes). Symbols land in st->sym[0, return). -1: no memory. */
-static long bpe_word(const cl_tokenizer *t, tstate *st, const uint8_t *w, size_t n) {
+/* Cancellation inside one long word: the encoder's check, forced (defined with enc_ctx below). */
+static int bpe_cancelled(void *enc);
+#define BPE_CHECK_EVERY (1u << 16) /* merges between cancel checks in a long word (~1 ms) */
+
+/* BPE of one word (a pre-token's bytes). Symbols land in st->sym[0, return). -1: no memory;
+ * -2: cancelled (enc's cancel check, every BPE_CHECK_EVERY merges of a long word). */
+static long bpe_word(const cl_tokenizer *t, tstate *st, const uint8_t *w, size_t n, void *enc) {
     if (!bpe_reserve(st, n + 1)) return -1;
     sym_t *sy = st->sym;
     size_t m = 0;
     for (size_t k = 0; k < n; k++) {
+        if (k % (BPE_CHECK_EVERY * 16) == BPE_CHECK_EVERY * 16 - 1 && bpe_cancelled(enc)) return -2;
         int32_t id = t->byte_id[w[k]];
         if (id < 0) {
             if (t->unk_id < 0) continue; /* HF: no unk token, the character is dropped */
@@ -713,11 +719,14 @@ static long bpe_word(const cl_tokenizer *t, tstate *st, const uint8_t *w, size_t
         next[i] = (i + 1 < m) ? (int32_t)(i + 1) : -1;
     }
     for (size_t i = 0; i + 1 < m; i++) {
+        if (i % (BPE_CHECK_EVERY * 16) == BPE_CHECK_EVERY * 16 - 1 && bpe_cancelled(enc)) return -2;
         int32_t mg = -1;
         uint32_t r = mmap_get(mm, sy[i].id, sy[i + 1].id, &mg);
         if (r != UINT32_MAX) heap_push(heap, &hn, (heap_ent){r, (uint32_t)i});
     }
+    size_t steps = 0;
     while (hn) {
+        if (++steps % BPE_CHECK_EVERY == 0 && bpe_cancelled(enc)) return -2;
         heap_ent e = heap_pop(heap, &hn);
         size_t p = e.pos;
         if (sy[p].end == sy[p].start) continue; /* absorbed */
@@ -804,6 +813,9 @@ static void piece_span(const piece_t *p, size_t x, size_t y, int64_t *s, int64_t
     *e = (int64_t)b;
 }
 
+static cl_status check_cancel(enc_ctx *c, size_t nbytes);
+static int bpe_cancelled(void *enc) { return enc && check_cancel(enc, (size_t)1 << 20) != CL_OK; }
+
 static cl_status enc_nomem(enc_ctx *c) { return cl_fail(c->err, CL_ENOMEM, "tokenizer: out of memory"); }
 
 static cl_status check_cancel(enc_ctx *c, size_t nbytes) {
@@ -860,7 +872,8 @@ static cl_status emit_word(enc_ctx *c, const piece_t *p, size_t x, size_t y) {
             return CL_OK;
         }
     }
-    long m = bpe_word(t, st, w, n);
+    long m = bpe_word(t, st, w, n, c);
+    if (m == -2) return CL_ECANCELLED; /* c->err filled by check_cancel */
     if (m < 0) return enc_nomem(c);
     /* cache only words whose tokens tile the word exactly (no dropped or unknown bytes) */
     int cacheable = slot != NULL;
@@ -1650,9 +1663,11 @@ static cl_status load_merges_txt(builder *b, const char *path) {
         const char *sp = memchr(line, ' ', n);
         snprintf(where, sizeof where, "%s:%d", path, lineno);
         if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - line))) {
+            /* the message quotes the line: format it before freeing the text it points into */
+            st = cl_fail(b->err, CL_EFORMAT, "%s: expected two tokens separated by one space, got \"%.*s\"",
+                         where, CLIPN(line, n));
             free(data);
-            return cl_fail(b->err, CL_EFORMAT, "%s: expected two tokens separated by one space, got \"%.*s\"",
-                           where, CLIPN(line, n));
+            return st;
         }
         st = add_merge(b, where, line, (size_t)(sp - line), sp + 1, n - (size_t)(sp + 1 - line), rank++);
         if (st) {

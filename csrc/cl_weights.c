@@ -4,7 +4,8 @@
  * Linear weights as [out, in] and packs q,k,v per head ([n_heads, 3, d_head] along the output),
  * so the same TransformerLens view needs a different copy per family. Large F32 tensors whose
  * layout already matches (the embeddings, a tied or separate unembedding) are used in place
- * from the mapping; everything else is converted once into the arena. */
+ * from the mapping only when asked (mmap_weights); by default, and for everything else, each
+ * tensor is converted once into the arena and the files are closed. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,40 +269,69 @@ cl_status cl_model_load(const char *dir, const cl_load_opts *opts, cl_model **ou
                                                     : (l.prefix[0] ? "transformer.wte.weight" : "wte.weight"));
     /* NeoX checkpoints name the unembedding embed_out; transformers 5 calls it lm_head in memory */
     const char *unembed_name = neox && cl_st_find(m->st, "embed_out.weight") ? "embed_out.weight" : "lm_head.weight";
+    /* tie_word_embeddings with a separate unembedding in the file: transformers then does not tie
+     * (it uses the stored unembedding, with a warning when it differs), and neither do we. */
+    if (c->tied && cl_st_find(m->st, unembed_name)) c->tied = 0;
     const cl_st_tensor *tU = c->tied ? tE : cl_st_find(m->st, unembed_name);
     const cl_st_tensor *tP = neox ? NULL : cl_st_find(m->st, l.prefix[0] ? "transformer.wpe.weight" : "wpe.weight");
-    int E_in_place = tE && usable_in_place(tE) && !m->opts.center_writing_weights;
-    int P_in_place = tP && usable_in_place(tP) && !m->opts.center_writing_weights;
-    int U_in_place = tU && usable_in_place(tU) && !m->opts.fold_ln && !m->opts.center_unembed;
+    const int mm = m->opts.mmap_weights;
+    int E_in_place = mm && tE && usable_in_place(tE) && !m->opts.center_writing_weights;
+    int P_in_place = mm && tP && usable_in_place(tP) && !m->opts.center_writing_weights;
+    int U_in_place = mm && tU && usable_in_place(tU) && !m->opts.fold_ln && !m->opts.center_unembed;
     /* A tied unembedding processed differently from W_E needs its own copy. */
     int U_shares_E = c->tied && !E_in_place && !m->opts.fold_ln && !m->opts.center_unembed && !m->opts.center_writing_weights;
 
-    size_t n = 0;
-    size_t off_E = n; if (!E_in_place) n += V * D;
-    size_t off_P = n; if (!neox && !P_in_place) n += C * D;
-    size_t off_U = n; if (!U_in_place && !U_shares_E) n += V * D;
-    size_t off_QKV = n; n += L * D * 3 * D;
-    size_t off_bQKV = n; n += L * 3 * D;
-    size_t off_O = n; n += L * D * D;
-    size_t off_bO = n; n += L * D;
-    size_t off_ln = n; n += 4 * L * D;
-    size_t off_in = n; n += L * D * M;
-    size_t off_bin = n; n += L * M;
-    size_t off_out = n; n += L * M * D;
-    size_t off_bout = n; n += L * D;
-    size_t off_lnf = n; n += 2 * D;
-    size_t off_bU = n; n += V;
-    size_t half = c->rotary_dim / 2;
-    size_t off_rope = n; n += 2 * C * half;
-    m->arena = calloc(n ? n : 1, sizeof(float));
-    /* scratch for one converted tensor: the largest we may convert */
+    /* Every size below comes from config.json: checked arithmetic throughout (cl_mul_add_size
+     * saturates at SIZE_MAX), and the config must not ask for more weights than the files hold,
+     * so a hostile config cannot make a small arena that the copies then overrun. */
+    size_t need = 0, held = 0;
+    cl_mul_add_size(&need, V, D);                 /* W_E */
+    cl_mul_add_size(&need, L, 4 * D * D);         /* W_QKV + W_O (4 D^2 cannot overflow: D <= 65536) */
+    cl_mul_add_size(&need, L * 2 * D, M);         /* W_in + W_out */
+    if (!neox) cl_mul_add_size(&need, C, D);      /* W_pos */
+    for (int i = 0; i < m->st->n_tensors; i++) {
+        const cl_st_tensor *ti = &m->st->tensors[i];
+        size_t es = cl_dtype_size(ti->dtype);
+        cl_add_size(held, es ? (ti->end - ti->begin) / es : 0, &held); /* sum <= total file bytes */
+    }
+    if (need == SIZE_MAX || need > held) {
+        st = cl_fail(err, CL_EFORMAT,
+                     "%s: config.json (n_layers %zu, d_model %zu, d_mlp %zu, d_vocab %zu) implies at least %s%zu "
+                     "weights, but the checkpoint holds only %zu; config.json does not belong to these weights",
+                     path, L, D, M, V, need == SIZE_MAX ? "more than " : "", need, held);
+        goto done;
+    }
+    size_t n = 0, half = (size_t)c->rotary_dim / 2;
+    size_t off_E = n; if (!E_in_place) cl_mul_add_size(&n, V, D);
+    size_t off_P = n; if (!neox && !P_in_place) cl_mul_add_size(&n, C, D);
+    size_t off_U = n; if (!U_in_place && !U_shares_E) cl_mul_add_size(&n, V, D);
+    size_t off_QKV = n; cl_mul_add_size(&n, L * D, 3 * D);
+    size_t off_bQKV = n; cl_mul_add_size(&n, L, 3 * D);
+    size_t off_O = n; cl_mul_add_size(&n, L * D, D);
+    size_t off_bO = n; cl_mul_add_size(&n, L, D);
+    size_t off_ln = n; cl_mul_add_size(&n, 4 * L, D);
+    size_t off_in = n; cl_mul_add_size(&n, L * D, M);
+    size_t off_bin = n; cl_mul_add_size(&n, L, M);
+    size_t off_out = n; cl_mul_add_size(&n, L * M, D);
+    size_t off_bout = n; cl_mul_add_size(&n, L, D);
+    size_t off_lnf = n; cl_mul_add_size(&n, 2, D);
+    size_t off_bU = n; cl_mul_add_size(&n, 1, V);
+    size_t off_rope = n; cl_mul_add_size(&n, 2 * C, half);
+    size_t nbytes;
+    if (n == SIZE_MAX || !cl_mul_size(n, sizeof(float), &nbytes)) {
+        st = cl_fail(err, CL_EFORMAT, "%s: the weights config.json describes do not fit in memory", path);
+        goto done;
+    }
+    /* scratch for one converted tensor: the largest we may convert (each product fits: all are
+     * at most need or the rope/position tables, checked above) */
     l.scratch_n = V * D;
     if (3 * D * D > l.scratch_n) l.scratch_n = 3 * D * D;
     if (D * M > l.scratch_n) l.scratch_n = D * M;
     if (C * D > l.scratch_n) l.scratch_n = C * D;
+    m->arena = calloc(n ? n : 1, sizeof(float));
     l.scratch = malloc(l.scratch_n * sizeof(float));
     if (!m->arena || !l.scratch) {
-        st = cl_fail(err, CL_ENOMEM, "out of memory allocating %zu MB for the weights of %s", n * 4 >> 20, dir);
+        st = cl_fail(err, CL_ENOMEM, "out of memory allocating %zu MB for the weights of %s", nbytes >> 20, dir);
         goto done;
     }
     m->arena_floats = n;
@@ -347,12 +377,17 @@ cl_status cl_model_load(const char *dir, const cl_load_opts *opts, cl_model **ou
                       (float *)(U_in_place || U_shares_E ? NULL : A + off_U), err)))
         goto done;
     if (!E_in_place && !P_in_place && !U_in_place) { cl_st_close(m->st); m->st = NULL; }
+    else if (m->st && (st = cl_st_check(m->st, err))) goto done; /* changed while loading */
 done:
     free(l.scratch);
     free(json);
     if (st) { cl_model_free(m); return st; }
     *out = m;
     return CL_OK;
+}
+
+cl_status cl_model_check_files(const cl_model *m, cl_error *err) {
+    return m->st ? cl_st_check(m->st, err) : CL_OK;
 }
 
 void cl_model_free(cl_model *m) {

@@ -24,11 +24,11 @@ static void Model_dealloc(ModelObject *self) {
 }
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", NULL};
+    static char *kwlist[] = {"path", "fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "mmap", NULL};
     PyObject *pathb = NULL;
     cl_load_opts o = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|pppp", kwlist, clpy_path_converter, &pathb, &o.fold_ln,
-                                     &o.center_writing_weights, &o.center_unembed, &o.fold_value_biases))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|ppppp", kwlist, clpy_path_converter, &pathb, &o.fold_ln,
+                                     &o.center_writing_weights, &o.center_unembed, &o.fold_value_biases, &o.mmap_weights))
         return -1;
     cl_error err = {0};
     cl_model *m = NULL;
@@ -288,6 +288,45 @@ static PyArrayObject *as_array(PyObject *obj, int type, PyObject *keep) {
     return (PyArrayObject *)a;
 }
 
+/* An int32 C-contiguous copy (kept in `keep`) of an integer array, checked before the cast: a
+ * non-integer dtype is a TypeError, a value outside int32 a ValueError naming the argument, the
+ * (flat) index and the value, so 2**32 + 3 never aliases 3. */
+static PyArrayObject *as_int32(PyObject *obj, const char *what, PyObject *keep) {
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!raw) return NULL;
+    int t = PyArray_TYPE(raw);
+    if (!PyTypeNum_ISINTEGER(t) && !(PyArray_SIZE(raw) == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an array of integers, got dtype %R", what, (PyObject *)PyArray_DESCR(raw));
+        Py_DECREF(raw);
+        return NULL;
+    }
+    if (PyArray_SIZE(raw) && PyTypeNum_ISINTEGER(t) && !PyArray_CanCastSafely(t, NPY_INT32)) {
+        int uns = PyTypeNum_ISUNSIGNED(t);
+        PyArrayObject *w = (PyArrayObject *)PyArray_FROMANY((PyObject *)raw, uns ? NPY_UINT64 : NPY_INT64, 0, 0,
+                                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+        if (!w) { Py_DECREF(raw); return NULL; }
+        npy_intp n = PyArray_SIZE(w);
+        for (npy_intp i = 0; i < n; i++) {
+            int bad;
+            long long sv = 0;
+            unsigned long long uv = 0;
+            if (uns) { uv = ((const npy_uint64 *)PyArray_DATA(w))[i]; bad = uv > (unsigned long long)INT32_MAX; }
+            else { sv = ((const npy_int64 *)PyArray_DATA(w))[i]; bad = sv > INT32_MAX || sv < INT32_MIN; }
+            if (bad) {
+                if (uns) PyErr_Format(PyExc_ValueError, "%s[%zd] (flat index) = %llu is outside the int32 range", what, (Py_ssize_t)i, uv);
+                else PyErr_Format(PyExc_ValueError, "%s[%zd] (flat index) = %lld is outside the int32 range", what, (Py_ssize_t)i, sv);
+                Py_DECREF(w);
+                Py_DECREF(raw);
+                return NULL;
+            }
+        }
+        Py_DECREF(w);
+    }
+    PyArrayObject *a = (PyArrayObject *)as_array((PyObject *)raw, NPY_INT32, keep);
+    Py_DECREF(raw);
+    return a;
+}
+
 static int check_shape(PyArrayObject *a, int nd, const npy_intp *dims, const char *hook, const char *what) {
     int ok = PyArray_NDIM(a) == nd;
     for (int i = 0; ok && i < nd; i++) ok = PyArray_DIMS(a)[i] == dims[i];
@@ -334,7 +373,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     cl_hook_slot *slots = NULL;
     PyObject **callbacks = NULL, **names = NULL;
     if (!keep) return NULL;
-    PyArrayObject *tok = as_array(tok_o, NPY_INT32, keep), *len = tok ? as_array(len_o, NPY_INT32, keep) : NULL, *pos = NULL;
+    PyArrayObject *tok = as_int32(tok_o, "tokens", keep), *len = tok ? as_int32(len_o, "lengths", keep) : NULL, *pos = NULL;
     if (!tok || !len) goto done;
     if (PyArray_NDIM(tok) != 1 || PyArray_NDIM(len) != 1) {
         PyErr_SetString(PyExc_ValueError, "tokens and lengths must be 1-D (packed tokens, one length per sequence)");
@@ -352,7 +391,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     if (stop < 0) stop = L;
     int P = T_pad;
     if (pos_o != Py_None) {
-        pos = as_array(pos_o, NPY_INT32, keep);
+        pos = as_int32(pos_o, "pos", keep);
         if (!pos) goto done;
         if (PyArray_NDIM(pos) != 2 || PyArray_DIM(pos, 0) != B) {
             PyErr_Format(PyExc_ValueError, "pos must have shape (batch=%d, n_positions)", B);
@@ -428,7 +467,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
                 }
             }
             if ((v = PyDict_GetItemString(spec, "set_idx")) && v != Py_None) {
-                PyArrayObject *ix = as_array(v, NPY_INT32, keep);
+                PyArrayObject *ix = as_int32(v, "set_idx", keep);
                 PyObject *vv = PyDict_GetItemString(spec, "set_val");
                 PyArrayObject *val = ix && vv ? as_array(vv, NPY_FLOAT32, keep) : NULL;
                 if (!ix) goto done;
@@ -465,6 +504,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     };
     cl_error err = {0};
     cl_status st;
+    if (cl_model_check_files(m, &err)) { clpy_raise(&err); goto done; } /* mmap=True: a changed file is an error, not a SIGBUS */
     if (kvo) kvo->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     st = cl_forward(m, &fa, &err);
@@ -506,7 +546,7 @@ static PyMethodDef Model_methods[] = {
 
 static PyGetSetDef Model_getset[] = {
     {"path", (getter)Model_get_path, NULL, "checkpoint folder", NULL},
-    {"arena_nbytes", (getter)Model_get_nbytes, NULL, "bytes of weights held outside the file mapping", NULL},
+    {"arena_nbytes", (getter)Model_get_nbytes, NULL, "bytes of weights held outside the file mapping (all of them unless mmap=True)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -515,7 +555,7 @@ static PyTypeObject ModelType = {
     .tp_basicsize = sizeof(ModelObject),
     .tp_dealloc = (destructor)Model_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Model(path, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)",
+    .tp_doc = "Model(path, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False, mmap=False)",
     .tp_methods = Model_methods,
     .tp_getset = Model_getset,
     .tp_init = (initproc)Model_init,
@@ -528,6 +568,8 @@ const void *clpy_model_ptr(PyObject *obj) {
         return NULL;
     }
     if (!ready((ModelObject *)obj)) return NULL;
+    cl_error err = {0};
+    if (cl_model_check_files(((ModelObject *)obj)->m, &err)) { clpy_raise(&err); return NULL; }
     return ((ModelObject *)obj)->m;
 }
 

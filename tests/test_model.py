@@ -311,9 +311,10 @@ def test_stop_at_layer_and_pos(checkpoint):
     assert full["ln1.hook_scale".join(["blocks.0.", ""])].shape == (4, 17, 1)
 
 
-def test_weights_are_read_only_views_in_transformerlens_layout(checkpoint):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_weights_are_read_only_views_in_transformerlens_layout(checkpoint, mmap):
     folder, hf = checkpoint("gpt2-tied-gelu_new")
-    model = ctxlookup.Model.load(folder)
+    model = ctxlookup.Model.load(folder, mmap=mmap)
     c = model.cfg
     shapes = dict(W_E=(c.d_vocab, c.d_model), W_pos=(c.n_ctx, c.d_model), W_Q=(c.n_layers, c.n_heads, c.d_model, c.d_head),
                   W_O=(c.n_layers, c.n_heads, c.d_head, c.d_model), b_Q=(c.n_layers, c.n_heads, c.d_head),
@@ -332,7 +333,8 @@ def test_weights_are_read_only_views_in_transformerlens_layout(checkpoint):
         np.testing.assert_array_equal(model.W_Q[1, h], c_attn[:, h * dh:(h + 1) * dh])
         np.testing.assert_array_equal(model.W_V[1, h], c_attn[:, 2 * D + h * dh: 2 * D + (h + 1) * dh])
     np.testing.assert_array_equal(model.W_U, sd["transformer.wte.weight"].T)
-    assert c.extra["W_E_in_place"] and c.extra["W_U_in_place"]  # F32 embeddings used from the mapping
+    # F32 embeddings used from the mapping only when asked; by default every weight is a private copy
+    assert c.extra["W_E_in_place"] == mmap and c.extra["W_U_in_place"] == mmap
     assert np.shares_memory(model.W_E, model.W_U)
     # views keep the model alive
     w = model.W_in

@@ -24,10 +24,9 @@ from ctxlookup import _core  # noqa: E402
 from ctxlookup.tokenizer import FormatError, Tokenizer  # noqa: E402
 from conftest import SANITIZE  # noqa: E402
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DATA = next((d for d in (os.environ.get("CTXLOOKUP_SHARED_DATA"), os.path.join(_ROOT, "shared", "data"),
-                         os.path.join(_ROOT, "..", "shared", "data"), "/work/shared/data")
-             if d and os.path.isdir(os.path.join(d, "tokenizers"))), "/work/shared/data")
+from conftest import SHARED  # noqa: E402
+
+DATA = os.environ.get("CTXLOOKUP_SHARED_DATA") or str(SHARED / "data")
 GPT2_DIR = os.path.join(DATA, "tokenizers", "gpt2")
 NEOX_DIR = os.path.join(DATA, "tokenizers", "gpt-neox-20b")
 CORPUS = [os.path.join(DATA, "corpus", f) for f in ("pile-style-10k.jsonl.gz", "heldout-10k.jsonl.gz")]
@@ -784,3 +783,49 @@ def test_ctrl_c_stops_batch(pairs):
             ours.encode_batch(docs, num_threads=2)
     finally:
         timer.cancel()
+
+
+def test_ctrl_c_inside_one_huge_word_takes_effect_promptly():
+    """One 16 MB pre-token (about 10 s of BPE): the merge loop itself checks for Ctrl-C (every
+    65536 merges, and every million symbols while setting up), not only between words."""
+    import signal
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from ctxlookup.tokenizer import Tokenizer\n"
+        f"tok = Tokenizer.load({GPT2_DIR!r})\n"
+        "word = 'ab' * (8 << 20)\n"
+        "print('ready', flush=True)\n"
+        "t0 = time.perf_counter()\n"
+        "try:\n"
+        "    tok.encode(word)\n"
+        "    print('finished', time.perf_counter() - t0, flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print(f'interrupted {time.perf_counter() - t0:.3f}', flush=True)\n"
+        "print('alive', tok.encode('hello').tolist(), flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(_core.__file__)))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # well inside the merges (the whole word takes several seconds)
+    sent = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    line = p.stdout.readline()
+    latency = time.perf_counter() - sent
+    out, _ = p.communicate(timeout=60)
+    assert line.startswith("interrupted"), line + out
+    assert latency < (2.0 if SANITIZE else 0.5), latency
+    assert p.returncode == 0 and "alive [31373]" in out, out
+
+
+def test_fifo_named_like_a_tokenizer_file_is_refused_at_once(tmp_path):
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(GPT2_DIR, name), tmp_path / name)
+    os.mkfifo(tmp_path / "tokenizer.json")
+    with pytest.raises(OSError, match=r"tokenizer.json: is a FIFO \(named pipe\), not a regular file"):
+        Tokenizer.load(str(tmp_path / "tokenizer.json"))  # the file itself: refused, not blocked on
+    os.remove(tmp_path / "vocab.json")
+    os.mkfifo(tmp_path / "vocab.json")
+    os.remove(tmp_path / "tokenizer.json")
+    with pytest.raises(OSError, match="no tokenizer.json, nor vocab.json and merges.txt"):  # a FIFO is no file
+        Tokenizer.load(str(tmp_path))

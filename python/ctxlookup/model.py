@@ -115,7 +115,7 @@ class Model:
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, fold_ln: bool = False, center_writing_weights: bool = False,
              center_unembed: bool = False, fold_value_biases: bool = False, tokenizer: bool = True,
-             model_name: Optional[str] = None) -> "Model":
+             model_name: Optional[str] = None, mmap: bool = False) -> "Model":
         """Load ``config.json`` + ``model.safetensors`` (or sharded, with its index) from a folder.
 
         Weight processing follows TransformerLens and is off by default, so raw numbers equal
@@ -126,12 +126,17 @@ class Model:
         Tokenizer files in the folder (``tokenizer.json`` or ``vocab.json`` + ``merges.txt``) are
         loaded as ``model.tokenizer`` when ``tokenizer`` is true. ``model_name`` (``cfg.model_name``)
         defaults to the folder's name.
+        Every weight is copied into memory owned by the model and the files are closed, so
+        nothing done to them afterwards reaches the model. ``mmap=True`` keeps float32 embeddings
+        and unembedding in the files' read-only memory map instead (less private memory); the
+        model then refuses to run (OSError) once a file has been modified, and a file truncated
+        during a forward pass can still crash the process.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: not a folder (expected config.json and model.safetensors in it)")
         core = _core.Model(path, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                           center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+                           center_unembed=center_unembed, fold_value_biases=fold_value_biases, mmap=mmap)
         tok = None
         if tokenizer:
             tok = _load_tokenizer(path)
@@ -167,7 +172,7 @@ class Model:
         ``pytorch_model.bin`` are refused with a message (ctxlookup reads safetensors only).
 
         Other keyword arguments (``fold_ln``, ``center_writing_weights``, ``center_unembed``,
-        ``fold_value_biases``, ``tokenizer``) are :meth:`load`'s. Errors (see ``ctxlookup.hub``):
+        ``fold_value_biases``, ``tokenizer``, ``mmap``) are :meth:`load`'s. Errors (see ``ctxlookup.hub``):
         ``RepositoryNotFoundError``, ``RevisionNotFoundError``, ``EntryNotFoundError`` (all
         FileNotFoundError), ``GatedRepoError`` (PermissionError), ``OfflineError``,
         ``DownloadError``, ``HashMismatchError``, ``DiskFullError``; each says what to do.
@@ -226,13 +231,15 @@ class Model:
                 raise ValueError("lengths / attention_mask are only for a padded 2-D array of tokens")
             if len(tokens) == 0:
                 raise ValueError("empty batch: at least one sequence is needed")
-            rows = [_int_array(t, f"tokens[{i}]") for i, t in enumerate(tokens)]
+            rows = [_int_array(t, f"tokens[{i}]", int32=False) for i, t in enumerate(tokens)]
             for i, r in enumerate(rows):
                 if r.ndim != 1:
                     raise ValueError(f"tokens[{i}] must be 1-D, got shape {r.shape}")
             lens = np.array([len(r) for r in rows], dtype=np.int32)
-            return np.concatenate(rows).astype(np.int32, copy=False), lens, int(lens.max())
-        arr = _int_array(tokens, "tokens")
+            packed = np.concatenate(rows)
+            self._check_tokens(packed, lens)
+            return packed.astype(np.int32, copy=False), lens, int(lens.max())
+        arr = _int_array(tokens, "tokens", int32=False)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
@@ -254,7 +261,7 @@ class Model:
             lengths = lens
         if lengths is None:
             lengths = np.full(B, T, dtype=np.int32)
-        lengths = np.asarray(lengths)
+        lengths = _int_array(lengths, "lengths", "integers")
         if lengths.shape != (B,):
             raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
         if (lengths < 1).any() or (lengths > T).any():
@@ -262,10 +269,22 @@ class Model:
             raise ValueError(f"lengths[{bad}] = {int(lengths[bad])} is outside [1, {T}]")
         lengths = lengths.astype(np.int32)
         if (lengths == T).all():
-            packed = np.ascontiguousarray(arr, dtype=np.int32).reshape(-1)
+            packed = arr.reshape(-1)
         else:
-            packed = np.concatenate([arr[b, :lengths[b]] for b in range(B)]).astype(np.int32, copy=False)
-        return packed, lengths, T
+            packed = np.concatenate([arr[b, :lengths[b]] for b in range(B)])
+        self._check_tokens(packed, lengths)
+        return np.ascontiguousarray(packed, dtype=np.int32), lengths, T
+
+    def _check_tokens(self, packed: np.ndarray, lengths: np.ndarray) -> None:
+        """Every real token id in [0, d_vocab), checked before the cast to int32."""
+        V = self.cfg.d_vocab
+        bad = (packed < 0) | (packed >= V)
+        if bad.any():
+            i = int(np.argmax(bad))
+            b = int(np.searchsorted(np.cumsum(lengths), i, side="right"))
+            t = i - int(np.sum(lengths[:b]))
+            raise ValueError(f"token id {int(packed[i])} at sequence {b}, position {t} is outside the vocabulary "
+                             f"[0, {V})")
 
     def _pos(self, pos, lengths):
         """-> (int32 (B, P) array or None, squeeze flag)."""
@@ -276,18 +295,25 @@ class Model:
             if pos != "last":
                 raise ValueError(f"pos must be None, 'last', an int or an array, got '{pos}'")
             return (lengths - 1).astype(np.int32)[:, None], True
-        p = np.asarray(pos)
-        if p.ndim == 0:
-            v = int(p)
-            arr = np.where(v < 0, lengths + v, v).astype(np.int32)[:, None]
-            return arr, True
-        if p.ndim == 1:
-            if p.shape[0] != B:
-                raise ValueError(f"pos has {p.shape[0]} entries for a batch of {B}")
-            return p.astype(np.int32)[:, None], True
-        if p.ndim == 2 and p.shape[0] == B:
-            return p.astype(np.int32), False
-        raise ValueError(f"pos must be (batch,) or (batch, n_positions); got shape {p.shape}")
+        if np.ndim(pos) == 0:
+            v = _as_int("pos", pos)
+            arr = np.where(v < 0, lengths.astype(np.int64) + v, v)[:, None]
+            squeeze = True
+        else:
+            p = _int_array(pos, "pos", "integers", int32=False)
+            if p.ndim == 1:
+                if p.shape[0] != B:
+                    raise ValueError(f"pos has {p.shape[0]} entries for a batch of {B}")
+                arr, squeeze = p[:, None], True
+            elif p.ndim == 2 and p.shape[0] == B:
+                arr, squeeze = p, False
+            else:
+                raise ValueError(f"pos must be (batch,) or (batch, n_positions); got shape {p.shape}")
+        bad = (arr < 0) | (arr >= lengths[:, None])
+        if bad.any():
+            b, j = (int(k) for k in np.argwhere(bad)[0])
+            raise ValueError(f"pos[{b}][{j}] = {int(arr[b, j])} is outside sequence {b}'s {int(lengths[b])} tokens")
+        return arr.astype(np.int32), squeeze
 
     def _names(self, names_filter) -> list:
         if names_filter is None:
@@ -480,7 +506,7 @@ class Model:
         _check_return_type(return_type, logits_pos)
         packed, lens, T = self._pack(tokens, lengths, attention_mask)
         c = self.cfg
-        stop = c.n_layers if stop_at_layer is None else int(stop_at_layer)
+        stop = c.n_layers if stop_at_layer is None else _as_int("stop_at_layer", stop_at_layer)
         if stop < 0:
             stop += c.n_layers
         if not 0 <= stop <= c.n_layers:
@@ -775,17 +801,44 @@ def _logits_last(logits_pos) -> bool:
     raise ValueError(f"logits_pos must be None or 'last', got {logits_pos!r}")
 
 
-def _int_array(x, what: str) -> np.ndarray:
+_I32 = np.iinfo(np.int32)
+
+
+def _int_array(x, what: str, kind: str = "integer token ids", int32: bool = True) -> np.ndarray:
+    """``x`` as an integer array, checked before any cast to int32: a fractional value is a
+    ValueError naming ``what``, the index and the value; another non-integer dtype a TypeError;
+    with ``int32``, a value outside int32 a ValueError (so ``2**32 + 3`` never aliases 3; token
+    ids are range-checked against the vocabulary instead, by ``Model._check_tokens``)."""
     a = np.asarray(x)
     if a.dtype.kind not in "iu":
         if a.size == 0:
             return a.astype(np.int32)
-        raise TypeError(f"{what} must be integer token ids, got dtype {a.dtype}")
+        if a.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                frac = ~np.isfinite(a) | (np.floor(a) != a)
+            if frac.any():
+                i = tuple(int(k) for k in np.argwhere(frac)[0])
+                raise ValueError(f"{what}[{', '.join(map(str, i))}] = {a[i].item()!r} is not an integer")
+        raise TypeError(f"{what} must be {kind}, got dtype {a.dtype}")
+    if int32 and a.size and (a.min() < _I32.min or a.max() > _I32.max):
+        i = tuple(int(k) for k in np.argwhere((a < _I32.min) | (a > _I32.max))[0])
+        raise ValueError(f"{what}[{', '.join(map(str, i))}] = {int(a[i])} is outside the int32 range")
     return a
 
 
+def _as_int(what: str, v) -> int:
+    """A Python or NumPy integer as int; a float (2.5, and 2.0 too), bool or other type is refused."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        if isinstance(v, (float, np.floating)) and not float(v).is_integer():
+            raise ValueError(f"{what} = {float(v)!r} is not an integer")
+        raise TypeError(f"{what} must be an integer, got {type(v).__name__} {v!r}")
+    return int(v)
+
+
 def _check_range(what: str, v, n: int) -> None:
-    if not 0 <= int(v) < n:
+    if not 0 <= _as_int(what, v) < n:
         raise ValueError(f"{what} {v} is outside [0, {n})")
 
 

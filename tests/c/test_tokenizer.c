@@ -6,6 +6,7 @@
  *
  * Expected ids come from Hugging Face tokenizers 0.23.3 with the same files. Ends with
  * "N passed, N failed"; exits non-zero on failure. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,17 @@ static void test_errors(const char *tmp) {
     st = cl_tokenizer_load(dir, &t, &err);
     CHECK(st == CL_EFORMAT && strstr(err.msg, "tokenizer.json:3:"), "bad JSON: %s", err.msg);
 
+    /* found by the fuzzer: the message quoted a bad merges.txt line after its text was freed */
+    char vdir[1100];
+    snprintf(vdir, sizeof vdir, "%s/ctok_bad_merges", tmp);
+    snprintf(path, sizeof path, "mkdir -p %s", vdir);
+    if (system(path) != 0) exit(2);
+    write_file(vdir, "vocab.json", "{\"a\": 0, \"b\": 1, \"ab\": 2}");
+    write_file(vdir, "merges.txt", "#version: 0.2\na b\nthis line has three spaces and is longer than sixty bytes in all\n");
+    st = cl_tokenizer_load(vdir, &t, &err);
+    CHECK(st == CL_EFORMAT && strstr(err.msg, "merges.txt:3: expected two tokens separated by one space, got \"this line has"),
+          "bad merges line: %s", err.msg);
+
     write_file(dir, "tokenizer.json",
                "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
     st = cl_tokenizer_load(dir, &t, &err);
@@ -241,12 +253,25 @@ static void test_errors(const char *tmp) {
     cl_tokenizer_free(NULL);
 }
 
+/* The shared data folder next to the repository: the binary is <repo>/tests/c/bin/<name>, so
+ * <repo>/../shared/data/tokenizers/<sub>, wherever the test is run from. */
+static const char *shared_tokenizers(const char *argv0, const char *sub, char *buf, size_t cap) {
+    char real[PATH_MAX];
+    if (!realpath(argv0, real)) snprintf(real, sizeof real, "%s", argv0);
+    for (int up = 0; up < 4; up++) { /* <name>, bin, c, tests */
+        char *slash = strrchr(real, '/');
+        if (slash) *slash = '\0';
+    }
+    snprintf(buf, cap, "%s/../shared/data/tokenizers/%s", real, sub);
+    return buf;
+}
+
 /* usage: test_tokenizer [GPT2_DIR NEOX_DIR TMP_DIR]; by default the real tokenizer files in
- * ../shared/data/tokenizers (run from the repository root) and a fresh temporary folder. */
+ * ../shared/data/tokenizers next to the repository and a fresh temporary folder. */
 int main(int argc, char **argv) {
-    char tmpl[] = "/tmp/cl_tok_test_XXXXXX";
-    const char *gpt2 = argc > 1 ? argv[1] : "../shared/data/tokenizers/gpt2";
-    const char *neox = argc > 2 ? argv[2] : "../shared/data/tokenizers/gpt-neox-20b";
+    char tmpl[] = "/tmp/cl_tok_test_XXXXXX", gbuf[PATH_MAX + 64], nbuf[PATH_MAX + 64];
+    const char *gpt2 = argc > 1 ? argv[1] : shared_tokenizers(argv[0], "gpt2", gbuf, sizeof gbuf);
+    const char *neox = argc > 2 ? argv[2] : shared_tokenizers(argv[0], "gpt-neox-20b", nbuf, sizeof nbuf);
     const char *tmp = argc > 3 ? argv[3] : mkdtemp(tmpl);
     if (!tmp) {
         fprintf(stderr, "cannot make a temporary folder\n");
