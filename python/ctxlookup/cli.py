@@ -59,6 +59,8 @@ def _add_replicate(sub):
     p.add_argument("--max-docs", type=int, help="use at most this many documents of each corpus")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    from . import distributed
+    distributed.add_cli_options(p, threads=False)  # the scans on Dask
     p.set_defaults(func=_run_replicate)
 
 
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
     _add_report(sub)
     from . import authors
     authors.add_cli(sub)
+    from . import neuroscope
+    neuroscope.add_cli(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

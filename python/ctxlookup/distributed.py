@@ -366,19 +366,22 @@ def _run_cluster(task, merge, spec, todo, done, record_dir, plan, workers, sched
             if bar is not None:
                 bar.update(1)
         # the tree reduction runs on the cluster; recorded shards join it from the driver
-        parts = [by_index[i] if i in by_index else client.scatter(done[i]) for i in sorted(list(by_index) + list(done))]
+        parts = [by_index[i] if i in by_index else client.scatter([done[i]], hash=False)[0] for i in sorted(list(by_index) + list(done))]
         merged = _tree(parts, lambda a, b: client.submit(merge_parts, merge, a, b, pure=False))
         return merged.result() if hasattr(merged, "result") else merged
+    except BaseException:
+        client.cancel(futures)
+        raise
     finally:
-        for f in futures:
-            f.cancel()
         close()
 
 
-def add_cli_options(p) -> None:
-    """``--workers N`` / ``--scheduler ADDRESS`` / ``--threads T`` on a CLI subcommand."""
+def add_cli_options(p, threads: bool = True) -> None:
+    """``--workers N`` / ``--scheduler ADDRESS`` (and ``--threads T``) on a CLI subcommand."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, help="scan on a local Dask cluster of N worker processes")
     g.add_argument("--scheduler", help="scan on an existing Dask cluster (tcp://host:8786); workers must read the "
                                        "model and corpus at the same paths")
-    p.add_argument("--threads", type=int, help="C threads per worker (default: the machine's cores / its workers)")
+    if threads:
+        p.add_argument("--threads", type=int, help="C threads per task (default: in-process, the core's setting; "
+                                                   "workers: the machine's cores / its workers)")

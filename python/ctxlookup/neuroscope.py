@@ -231,7 +231,7 @@ def neuroscope(model="demo", corpus=None, out: str = "neuroscope", layers: Optio
 
     t0 = time.perf_counter()
     m = _resolve_model(model, process_weights)
-    if m.path is None or not os.path.isdir(m.path):
+    if m.path is None:
         raise ValueError("the model must come from a folder (Model.load / from_pretrained), which workers load")
     if corpus is None:
         if model != "demo":
