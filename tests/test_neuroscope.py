@@ -123,3 +123,36 @@ def test_merges_are_exact_across_shard_sizes(small):
     for r in runs[1:]:
         for t in TABLES:
             pd.testing.assert_frame_equal(r[t], runs[0][t], check_exact=True)
+
+
+def test_site_cli_and_manifest(small, tmp_path):
+    """The CLI writes the tables, the manifest and the site: a page per neuron whose top example
+    colours the maximum's token, layer pages, and a search index naming every neuron."""
+    model, corpus, _ = small
+    from ctxlookup.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["neuroscope", "--model", model.path, "--corpus", corpus, "--out", str(out), "--layers", "1",
+                 "--k", "3", "--bins", "16", "--no-progress"]) == 0
+    atlas = Atlas.load(str(out))
+    m = atlas.manifest
+    assert m["scan"]["shards"] == len(m["shards"]) and m["scan"]["docs"] == 36 and m["tables"]["neurons"] == 128
+    n = atlas["neurons"]
+    # the logit attribution is W_out[layer][neuron] @ W_U (processed weights), checked for one neuron
+    row = n[n.neuron == 7].iloc[0]
+    proc = ctxlookup.Model.load(model.path, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                fold_value_biases=True)
+    logits = proc.W_out[1, 7] @ proc.W_U
+    assert list(row.top_token_ids) == list(np.argsort(-logits, kind="stable")[:10])
+    assert list(row.bottom_token_ids) == list(np.argsort(logits, kind="stable")[:10])
+    site = out / "site"
+    page = (site / "neurons" / "L1N7.html").read_text()
+    import html
+    assert 'class="a8 max"' in page  # each top example's maximum carries the top colour
+    assert f"<code>{html.escape(row.top_tokens[0])}</code>" in page
+    assert "Layer 1, neuron 7" in page and "<svg class=\"hist\"" in page
+    assert len(os.listdir(site / "neurons")) == 128 and (site / "layer-1.html").exists()
+    idx = (site / "search_index.js").read_text()
+    entries = json.loads(idx[idx.index("["):idx.rindex("]") + 1])
+    assert sorted((e[0], e[1]) for e in entries) == [(1, i) for i in range(128)]
+    assert (site / "style.css").exists() and 'href="../style.css"' in page
