@@ -8,6 +8,8 @@
 
 #include "cl_blas.h"
 
+int clpy_scope_register(PyObject *m); /* py_scope.c */
+
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
@@ -99,6 +101,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (clpy_analysis_register(m) < 0) goto fail;
     if (clpy_http_register(m) < 0) goto fail;
     if (clpy_tokenizer_register(m) < 0) goto fail;
+    if (clpy_scope_register(m) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

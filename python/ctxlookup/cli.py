@@ -197,6 +197,9 @@ def _add_replicate(sub):
                    help="tokens per forward batch in the corpus scans (memory against speed)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (default: a bar for each long stage; the stages are announced either way)")
+    from . import distributed
+
+    distributed.add_cli_options(p, threads=False)  # the scans on Dask
     _common(p)
     p.set_defaults(func=_run_replicate)
 
@@ -322,6 +325,9 @@ def parser() -> argparse.ArgumentParser:
     from . import authors
 
     authors.add_cli(sub)
+    from . import neuroscope
+
+    neuroscope.add_cli(sub)
     return p
 
 

@@ -168,11 +168,14 @@ class Options:
     max_docs: Optional[int] = None                # cap each corpus (quick runs)
     batch_tokens: int = 8192
     progress: bool = True
+    # --- the scans on Dask (ctxlookup.distributed): same tables, so not part of the key
+    workers: Optional[int] = None                 # a LocalCluster of N worker processes
+    scheduler: Optional[str] = None               # an existing cluster's scheduler address
 
     def key(self) -> dict:
         """The options that determine results (not where or how verbosely they are written)."""
         d = dataclasses.asdict(self)
-        for k in ("out", "progress", "llm_concurrency", "rpm"):
+        for k in ("out", "progress", "llm_concurrency", "rpm", "workers", "scheduler"):
             d.pop(k)
         return d
 
@@ -701,7 +704,8 @@ class Run:
 
         ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
                             batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
-                            progress=self.opts.progress)
+                            progress=self.opts.progress,
+                            workers=self.opts.workers, scheduler=self.opts.scheduler)  # Dask, when given
         self.write(name, ma)
         return {name: {k2: v for k2, v in ma.attrs.items()}}
 

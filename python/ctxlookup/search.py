@@ -77,7 +77,9 @@ def _progress(total=None, desc="", unit="doc"):
 
 def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int] = None,
                    batch_tokens: int = 8192, prepend_bos: bool = True, checkpoint: Optional[str] = None,
-                   checkpoint_every: float = 60.0, progress: bool = True) -> pd.DataFrame:
+                   checkpoint_every: float = 60.0, progress: bool = True, workers: Optional[int] = None,
+                   scheduler: Optional[str] = None, threads: Optional[int] = None,
+                   shard_docs: int = 200) -> pd.DataFrame:
     """Top-``k`` documents per neuron by the neuron's maximum activation.
 
     Returns ``[layer, neuron, rank, doc_id, position, activation, subset]`` (plus ``token_id`` and
@@ -86,6 +88,11 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
     tokens (default: the model's context, BOS included). ``df.attrs`` records the documents and
     tokens scanned, documents skipped (empty or tokenizing to nothing) and neurons with fewer than
     ``k`` documents (a corpus smaller than ``k``).
+
+    ``workers`` / ``scheduler``: the same scan as shards of ``shard_docs`` documents on Dask
+    (:mod:`ctxlookup.distributed`), each shard recorded next to ``checkpoint`` (in
+    ``checkpoint + ".shards"``) and merged exactly: the table is identical to the in-process scan's
+    when the C thread count per task (``threads``) equals the in-process one.
     """
     table = neuron_table(neurons)
     _check_neurons(model, table)
@@ -96,6 +103,9 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
     skip = 1 if prepend_bos else 0
     if max_tokens <= skip:
         raise ValueError(f"max_tokens = {max_tokens} leaves no document tokens")
+    if workers is not None or scheduler is not None:
+        return _max_activating_sharded(model, table, corpus, k, max_tokens, batch_tokens, prepend_bos, checkpoint,
+                                       progress, workers, scheduler, threads, shard_docs)
     scanner = _core.Scanner(table.layer.to_numpy(np.int32), table.neuron.to_numpy(np.int32), model.cfg.d_mlp, k)
     meta = dict(neurons=table[["layer", "neuron"]].values.tolist(), k=k, max_tokens=max_tokens, prepend_bos=prepend_bos,
                 corpus=corpus.fingerprint(), model=str(model.path))
@@ -170,7 +180,10 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
         raise ValueError(f"corpus {corpus.name} has no documents")
     if checkpoint:
         save(10 ** 18)  # complete: a rerun loads the final state and scans nothing
-    st = scanner.state()
+    return _table_from_state(table, scanner.state(), subsets, k, skip, corpus.name, max_tokens, prepend_bos, stats)
+
+
+def _table_from_state(table, st, subsets, k, skip, corpus_name, max_tokens, prepend_bos, stats) -> pd.DataFrame:
     rows = []
     for j, (layer, neuron) in enumerate(table[["layer", "neuron"]].itertuples(index=False)):
         for r in range(int(st["count"][j])):
@@ -181,8 +194,77 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
     if extra:
         df = df.merge(table, on=["layer", "neuron"], how="left")
     short = [(int(l), int(n)) for (l, n), c in zip(table[["layer", "neuron"]].values, st["count"]) if c < k]
-    df.attrs.update(corpus=corpus.name, k=k, max_tokens=max_tokens, prepend_bos=prepend_bos,
+    df.attrs.update(corpus=corpus_name, k=k, max_tokens=max_tokens, prepend_bos=prepend_bos,
                     short_neurons=short, **stats)
+    return df
+
+
+# ---------------------------------------------------------------------- the scan as shards (Dask)
+def _scanner_task(model, batches, spec) -> dict:
+    """One shard of max_activating's scan: the batches exactly as the in-process scan forms them."""
+    sc = _core.Scanner(np.array(spec["layers"], np.int32), np.array(spec["neurons"], np.int32), model.cfg.d_mlp,
+                       spec["k"])
+    skip = 1 if spec["prepend_bos"] else 0
+    stats, subsets = dict(docs=0, tokens=0, skipped_empty=0), {}
+    for docs in batches:
+        toks = _doc_tokens(model, [d.text for d in docs], spec["prepend_bos"], spec["max_tokens"])
+        keep = [i for i, t in enumerate(toks) if len(t) > skip]
+        stats["skipped_empty"] += len(toks) - len(keep)
+        stats["docs"] += len(docs)
+        if keep:
+            lens = np.array([len(toks[i]) for i in keep], np.int32)
+            _core.scan_batch(model._core, sc, np.concatenate([toks[i] for i in keep]), lens,
+                             np.array([docs[i].doc_id for i in keep], np.int64), skip)
+            stats["tokens"] += int(lens.sum())
+        subsets.update({str(d.doc_id): d.subset for d in docs})
+    state = sc.state()
+    live = set(str(int(d)) for d in np.unique(state["doc"]) if d >= 0)
+    return dict(state=state, meta=dict(stats=stats, subsets={d: v for d, v in subsets.items() if d in live}))
+
+
+def _merge_scanner(a: dict, b: dict) -> dict:
+    """Two partial top-k states -> one, exactly: activation descending, doc id, position; empty slots last."""
+    A, B = a["state"], b["state"]
+    k = A["act"].shape[1]
+    act = np.concatenate([A["act"], B["act"]], axis=1)
+    doc = np.concatenate([A["doc"], B["doc"]], axis=1)
+    pos = np.concatenate([A["pos"], B["pos"]], axis=1)
+    order = np.lexsort((pos, doc, -act, doc < 0), axis=-1)[:, :k]
+    state = dict(act=np.take_along_axis(act, order, 1), doc=np.take_along_axis(doc, order, 1),
+                 pos=np.take_along_axis(pos, order, 1),
+                 count=np.minimum(A["count"] + B["count"], k).astype(np.int32))
+    live = set(str(int(d)) for d in np.unique(state["doc"]) if d >= 0)
+    subsets = {d: v for src in (a, b) for d, v in src["meta"]["subsets"].items() if d in live}
+    stats = {key: a["meta"]["stats"][key] + b["meta"]["stats"][key] for key in a["meta"]["stats"]}
+    return dict(state=state, meta=dict(stats=stats, subsets=subsets))
+
+
+def _max_activating_sharded(model, table, corpus, k, max_tokens, batch_tokens, prepend_bos, checkpoint, progress,
+                            workers, scheduler, threads, shard_docs) -> pd.DataFrame:
+    from . import distributed
+
+    if model.path is None:
+        raise ValueError("a sharded scan needs a model loaded from a folder (workers load it from there)")
+    c = model.cfg
+    spec = dict(model_path=os.path.abspath(model.path),
+                model_flags=dict(fold_ln=bool(c.fold_ln), center_writing_weights=bool(c.center_writing_weights),
+                                 center_unembed=bool(c.center_unembed), fold_value_biases=bool(c.fold_value_biases)),
+                corpus=distributed.corpus_spec(corpus), layers=table.layer.astype(int).tolist(),
+                neurons=table.neuron.astype(int).tolist(), k=k, max_tokens=max_tokens, prepend_bos=bool(prepend_bos))
+    shards = distributed.plan_shards(corpus, batch_tokens, max_tokens, shard_docs)
+    if not shards:
+        raise ValueError(f"corpus {corpus.name} has no documents")
+    plan = distributed.plan_hash(shards, dict(spec, fingerprint=corpus.fingerprint(), kind="max_activating"))
+    merged, run = distributed.run_shards(_scanner_task, _merge_scanner, spec, shards,
+                                         checkpoint + ".shards" if checkpoint else None, plan, workers=workers,
+                                         scheduler=scheduler, threads=threads, progress=progress, desc="scan")
+    stats = dict(merged["meta"]["stats"])
+    stats["skipped_empty"] += corpus.skipped.get("empty", 0)
+    stats["skipped_non_utf8"] = corpus.skipped.get("non_utf8", 0)
+    subsets = {int(d): v for d, v in merged["meta"]["subsets"].items()}
+    df = _table_from_state(table, merged["state"], subsets, k, 1 if prepend_bos else 0, corpus.name, max_tokens,
+                           prepend_bos, stats)
+    df.attrs["shards"] = run
     return df
 
 
