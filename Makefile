@@ -14,7 +14,7 @@ PY_TEST_DEPS := "torch==2.13.0" "transformers>=4.40" "tokenizers>=0.15" "safeten
                 "transformer-lens>=2.0" "scipy>=1.10" "pyarrow>=12" "pandas>=1.5" "tqdm>=4.60" \
                 "pytest>=7" "unicodedata2==16.0.0" "matplotlib>=3.6" "numpy>=1.23" "setuptools>=64" wheel \
                 "websocket-client>=1.6" "nbclient>=0.8" "nbformat>=5.9" "ipykernel>=6.20" "Pillow>=9" \
-                $(PY_WHEEL_DEPS)
+                "starlette>=0.27" "uvicorn>=0.23" "ipywidgets>=8.0" $(PY_WHEEL_DEPS)
 CFLAGS_C := -std=c11 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -Icsrc \
             $(shell pkg-config --cflags openblas libcurl libcjson 2>/dev/null)
 LIBS_C := $(shell pkg-config --libs openblas libcurl libcjson 2>/dev/null) -lm -fopenmp

@@ -322,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     from . import authors
 
     authors.add_cli(sub)
+    from . import serve
+
+    serve.add_cli(sub)
     return p
 
 
