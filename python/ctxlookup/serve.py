@@ -217,6 +217,7 @@ def _bind(host: str, port: int):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the server accepts them
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
@@ -254,13 +255,16 @@ def add_cli(sub) -> None:
                                    "activation on each token, its token's probability, and the heads' attribution. "
                                    "Needs the serve extra: pip install 'ctxlookup[serve]'.")
     p.add_argument("dir", metavar="DIR", help="a run directory (serves RUN_DIR/report) or a folder of HTML pages")
-    p.add_argument("--run", help="the run directory, when DIR is a folder of pages outside it")
+    p.add_argument("--run", help="the run directory, when DIR is a folder of pages (default: DIR's parent, if it is a run "
+                                        "directory)")
     p.add_argument("--port", type=int, default=8000, help="the port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (keep 127.0.0.1 unless you "
                                                        "mean to expose the model to the network)")
     p.add_argument("--model", help="the model folder, if it moved since the run (default: the manifest's)")
     p.add_argument("--explainer", choices=["offline", "openai", "none"],
                    help="who classifies typed texts against a head's explanation (default: the run's --explainer)")
+    p.add_argument("--threads", type=int, help="threads per forward pass (default: the core's, one per CPU; on a "
+                                               "machine busy with other work, 1 answers faster)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback of an error (default: a one-line message)")
     p.set_defaults(func=_run_serve)
@@ -275,6 +279,12 @@ def _run_serve(args) -> int:
                          f"pip install 'ctxlookup[serve]'") from None
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a port (0 to 65535)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: must be >= 1")
+        from . import set_num_threads
+
+        set_num_threads(args.threads)
     site, run = resolve_dirs(args.dir, args.run)
     engine = LiveEngine(run, model=args.model, explainer=args.explainer)
     sock = _bind(args.host, args.port)

@@ -262,7 +262,7 @@
       h("summary", { text: "Activation and p(" + JSON.stringify(r.token) + " next) at each position" }),
       h("div", { cls: "ctxl-live-scroll" }, [h("table", { cls: "ctxl-live-table" }, [
         h("thead", null, [h("tr", null, [h("th", { cls: "num", text: "pos" }), h("th", { text: "token" }),
-          h("th", { cls: "num", text: "activation" }), h("th", { cls: "num", text: "p(next = token)" })])]), tb])])]));
+          h("th", { cls: "num", text: "activation" }), h("th", { cls: "num", text: "p(next)" })])]), tb])])]));
     this.renderHeads(r);
   };
 
