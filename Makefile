@@ -70,7 +70,7 @@ sanitize: sysdeps
 # and leak reports (Python's own caches) are off; a report goes to build/asan/report.* (pytest would
 # swallow it with the dying test's output) and fails the target. The browser and
 # notebook tests start other programs, which must not inherit the preload, and are left out.
-SANITIZE_PY_SKIP := --ignore=tests/test_report.py --ignore=tests/test_notebooks.py --ignore=tests/test_demo_train.py
+SANITIZE_PY_SKIP := --ignore=tests/test_report.py --ignore=tests/test_serve.py --ignore=tests/test_notebooks.py --ignore=tests/test_demo_train.py
 sanitize-py: deps
 	rm -rf build/asan
 	CTXLOOKUP_CFLAGS="$(SANITIZE_CFLAGS) -O1 -g" CTXLOOKUP_LDFLAGS="$(SANITIZE_LDFLAGS)" \
