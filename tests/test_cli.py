@@ -51,7 +51,7 @@ def _subparsers():
 
 def test_every_option_has_help_that_shows_its_default():
     p, subs = _subparsers()
-    assert set(subs) == {"replicate", "report", "authors"}
+    assert set(subs) == {"replicate", "report", "authors", "neuroscope", "serve"}
     parsers = [("ctxlookup", p)]
     while parsers:
         name, sp = parsers.pop()

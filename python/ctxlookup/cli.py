@@ -328,6 +328,9 @@ def parser() -> argparse.ArgumentParser:
     from . import neuroscope
 
     neuroscope.add_cli(sub)
+    from . import serve
+
+    serve.add_cli(sub)
     return p
 
 
