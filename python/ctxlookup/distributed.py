@@ -379,9 +379,10 @@ def _run_cluster(task, merge, spec, todo, done, record_dir, plan, workers, sched
 def add_cli_options(p, threads: bool = True) -> None:
     """``--workers N`` / ``--scheduler ADDRESS`` (and ``--threads T``) on a CLI subcommand."""
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, help="scan on a local Dask cluster of N worker processes")
+    g.add_argument("--workers", type=int, help="scan on a local Dask cluster of N worker processes (default: in "
+                                                "this process)")
     g.add_argument("--scheduler", help="scan on an existing Dask cluster (tcp://host:8786); workers must read the "
-                                       "model and corpus at the same paths")
+                                       "model and corpus at the same paths (default: none)")
     if threads:
         p.add_argument("--threads", type=int, help="C threads per task (default: in-process, the core's setting; "
                                                    "workers: the machine's cores / its workers)")

@@ -304,18 +304,20 @@ def add_cli(sub) -> None:
                                    "Parquet tables, a manifest and a static site in --out. Resumable; --workers or "
                                    "--scheduler run the shards on Dask with identical tables.")
     p.add_argument("--model", default="demo", help="checkpoint folder, Hugging Face name, or 'demo' (default)")
-    p.add_argument("--corpus", help="JSONL[.gz], Parquet or folder of text files (demo: the bundled corpus)")
+    p.add_argument("--corpus", help="JSONL[.gz], Parquet or folder of text files (default: the bundled corpus for the "
+                                    "demo model; required otherwise)")
     p.add_argument("--out", default="neuroscope", help="output folder (default: %(default)s)")
-    p.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",") if x.strip()], help="comma-separated (default: all)")
+    p.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",") if x.strip()], help="comma-separated layer indices, e.g. 4,5 (default: all)")
     p.add_argument("--k", type=int, default=20, help="top documents per neuron (default %(default)s)")
     p.add_argument("--bins", type=int, default=64, help="histogram bins, 16 x a power of two (default %(default)s)")
     p.add_argument("--samples", type=int, default=3, help="examples per activation band (default %(default)s)")
     p.add_argument("--shard-docs", type=int, default=200, help="documents per shard (default %(default)s)")
-    p.add_argument("--batch-tokens", type=int, default=8192)
-    p.add_argument("--max-docs", type=int, help="use at most this many documents")
-    p.add_argument("--no-process-weights", dest="process_weights", action="store_false")
-    p.add_argument("--no-site", dest="site", action="store_false", help="tables only")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default %(default)s)")
+    p.add_argument("--max-docs", type=int, help="use at most the first N documents (default: all)")
+    p.add_argument("--no-process-weights", dest="process_weights", action="store_false",
+                   help="use the raw weights (default: processed as TransformerLens does)")
+    p.add_argument("--no-site", dest="site", action="store_false", help="tables only (default: tables and the static site)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (default: one)")
     distributed.add_cli_options(p)
     p.set_defaults(func=_run_cli)
 
