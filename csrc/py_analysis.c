@@ -5,8 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cl_attribution.h"
 #include "cl_neurons.h"
-#include "cl_search.h"
+#include "cl_scan.h"
 
 /* C-contiguous aligned array of a type, new reference. */
 static PyArrayObject *arr(PyObject *o, int type, int nd, const char *what) {
