@@ -5,20 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cl_attribution.h"
 #include "cl_neurons.h"
-#include "cl_search.h"
-
-/* C-contiguous aligned array of a type, new reference. */
-static PyArrayObject *arr(PyObject *o, int type, int nd, const char *what) {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(o, type, nd, nd, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
-    if (!a) {
-        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s must be a %d-D array", what, nd);
-        }
-    }
-    return a;
-}
+#include "cl_scan.h"
 
 static PyObject *py_congruence(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"W_out", "U", "allowed", "top", "col_idx", "col_val", "neuron_offset", NULL};
@@ -28,7 +17,7 @@ static PyObject *py_congruence(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OiOOL", kwlist, &wo, &uo, &ao, &top, &cio, &cvo, &offset)) return NULL;
     PyArrayObject *W = NULL, *U = NULL, *A = NULL, *CI = NULL, *CV = NULL;
     PyObject *tt = NULL, *tv = NULL;
-    if (!(W = arr(wo, NPY_FLOAT32, 2, "W_out")) || !(U = arr(uo, NPY_FLOAT32, 2, "U")) ) goto done;
+    if (!(W = clpy_array(wo, NPY_FLOAT32, 2, "W_out")) || !(U = clpy_array(uo, NPY_FLOAT32, 2, "U")) ) goto done;
     npy_intp n = PyArray_DIM(W, 0), D = PyArray_DIM(W, 1), V = PyArray_DIM(U, 0);
     if (PyArray_DIM(U, 1) != D) {
         PyErr_Format(PyExc_ValueError, "U has d_model %zd but W_out has %zd", (Py_ssize_t)PyArray_DIM(U, 1), (Py_ssize_t)D);
@@ -36,7 +25,7 @@ static PyObject *py_congruence(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (top < 1 || top > V) { PyErr_Format(PyExc_ValueError, "top must be in [1, %zd]", (Py_ssize_t)V); goto done; }
     if (ao != Py_None) {
-        if (!(A = arr(ao, NPY_UINT8, 1, "allowed"))) goto done;
+        if (!(A = clpy_array(ao, NPY_UINT8, 1, "allowed"))) goto done;
         if (PyArray_DIM(A, 0) != V) { PyErr_Format(PyExc_ValueError, "allowed has %zd entries for %zd tokens", (Py_ssize_t)PyArray_DIM(A, 0), (Py_ssize_t)V); goto done; }
     }
     if (cio != Py_None) {
@@ -88,7 +77,7 @@ static int Scanner_init(ScannerObject *self, PyObject *args, PyObject *kw) {
     PyObject *lo, *no;
     int d_mlp, k;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOii", kwlist, &lo, &no, &d_mlp, &k)) return -1;
-    PyArrayObject *L = arr(lo, NPY_INT32, 1, "layers"), *N = L ? arr(no, NPY_INT32, 1, "neurons") : NULL;
+    PyArrayObject *L = clpy_int_array(lo, NPY_INT32, 1, "layers"), *N = L ? clpy_int_array(no, NPY_INT32, 1, "neurons") : NULL;
     int rc = -1;
     if (!L || !N) goto done;
     if (PyArray_DIM(L, 0) != PyArray_DIM(N, 0)) { PyErr_SetString(PyExc_ValueError, "layers and neurons differ in length"); goto done; }
@@ -103,18 +92,12 @@ done:
     return rc;
 }
 
-static PyObject *copy_out(const void *src, int type, int nd, npy_intp *dims) {
-    PyObject *a = PyArray_EMPTY(nd, dims, type, 0);
-    if (a) memcpy(PyArray_DATA((PyArrayObject *)a), src, PyArray_NBYTES((PyArrayObject *)a));
-    return a;
-}
-
 static PyObject *Scanner_state(ScannerObject *self, PyObject *unused) {
     if (!self->s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
     cl_scanner *s = self->s;
     npy_intp nk[2] = {s->n, s->k}, n1[1] = {s->n};
-    PyObject *act = copy_out(s->act, NPY_FLOAT32, 2, nk), *doc = copy_out(s->doc, NPY_INT64, 2, nk),
-             *pos = copy_out(s->pos, NPY_INT32, 2, nk), *cnt = copy_out(s->count, NPY_INT32, 1, n1), *res = NULL;
+    PyObject *act = clpy_array_copy(s->act, NPY_FLOAT32, 2, nk), *doc = clpy_array_copy(s->doc, NPY_INT64, 2, nk),
+             *pos = clpy_array_copy(s->pos, NPY_INT32, 2, nk), *cnt = clpy_array_copy(s->count, NPY_INT32, 1, n1), *res = NULL;
     if (act && doc && pos && cnt) res = Py_BuildValue("{s:O,s:O,s:O,s:O}", "act", act, "doc", doc, "pos", pos, "count", cnt);
     Py_XDECREF(act); Py_XDECREF(doc); Py_XDECREF(pos); Py_XDECREF(cnt);
     return res;
@@ -125,8 +108,8 @@ static PyObject *Scanner_set_state(ScannerObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOO", &ao, &doo, &po, &co)) return NULL;
     if (!self->s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
     cl_scanner *s = self->s;
-    PyArrayObject *A = arr(ao, NPY_FLOAT32, 2, "act"), *Dd = A ? arr(doo, NPY_INT64, 2, "doc") : NULL,
-                  *P = Dd ? arr(po, NPY_INT32, 2, "pos") : NULL, *C = P ? arr(co, NPY_INT32, 1, "count") : NULL;
+    PyArrayObject *A = clpy_array(ao, NPY_FLOAT32, 2, "act"), *Dd = A ? clpy_int_array(doo, NPY_INT64, 2, "doc") : NULL,
+                  *P = Dd ? clpy_int_array(po, NPY_INT32, 2, "pos") : NULL, *C = P ? clpy_int_array(co, NPY_INT32, 1, "count") : NULL;
     PyObject *res = NULL;
     if (!C) goto done;
     if (PyArray_DIM(A, 0) != s->n || PyArray_DIM(A, 1) != s->k || PyArray_DIM(Dd, 0) != s->n || PyArray_DIM(Dd, 1) != s->k ||
@@ -167,8 +150,8 @@ static PyTypeObject ScannerType = {
 
 /* Shared by scan_batch and attribute_batch: packed tokens + lengths -> forward args. */
 static int prep_tokens(PyObject *to, PyObject *lo, PyArrayObject **T, PyArrayObject **L, int *T_pad) {
-    *T = arr(to, NPY_INT32, 1, "tokens");
-    *L = *T ? arr(lo, NPY_INT32, 1, "lengths") : NULL;
+    *T = clpy_int_array(to, NPY_INT32, 1, "tokens");
+    *L = *T ? clpy_int_array(lo, NPY_INT32, 1, "lengths") : NULL;
     if (!*L) return -1;
     long long sum = 0;
     int mx = 0;
@@ -209,7 +192,7 @@ static PyObject *py_scan_batch(PyObject *self, PyObject *args) {
     PyObject *res = NULL;
     int T_pad;
     if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
-    if (!(Dd = arr(dobj, NPY_INT64, 1, "doc_ids"))) goto done;
+    if (!(Dd = clpy_int_array(dobj, NPY_INT64, 1, "doc_ids"))) goto done;
     int B = (int)PyArray_DIM(L, 0);
     if (PyArray_DIM(Dd, 0) != B) { PyErr_SetString(PyExc_ValueError, "one doc id per sequence"); goto done; }
     const cl_config *c = &m->cfg;
@@ -249,7 +232,7 @@ static PyObject *py_attribute_batch(PyObject *self, PyObject *args) {
     cl_hook_slot *slots = NULL;
     int T_pad;
     if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
-    if (!(TL = arr(tlo, NPY_INT32, 1, "target_layers")) || !(TN = arr(tno, NPY_INT32, 1, "target_neurons"))) goto done;
+    if (!(TL = clpy_int_array(tlo, NPY_INT32, 1, "target_layers")) || !(TN = clpy_int_array(tno, NPY_INT32, 1, "target_neurons"))) goto done;
     const cl_config *c = &m->cfg;
     int B = (int)PyArray_DIM(L, 0);
     if (PyArray_DIM(TL, 0) != B || PyArray_DIM(TN, 0) != B) { PyErr_SetString(PyExc_ValueError, "one target per prompt"); goto done; }

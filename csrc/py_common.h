@@ -30,6 +30,27 @@ int clpy_cancel_fn(void *ctx);
 /* Path argument: str or os.PathLike -> new bytes object (caller DECREFs). */
 int clpy_path_converter(PyObject *obj, void *out);
 
+/* ---- ndarray <-> C: the one converter set every binding uses ---- */
+
+/* obj as a C-contiguous, aligned array of `type` (a copy only when needed), new reference. Values
+ * are cast as NumPy's astype does (float64 -> float32, bool -> uint8); integer arrays go through
+ * clpy_int_array instead. nd >= 0: exactly nd dimensions, else ValueError "<what> must be a
+ * <nd>-D array"; nd < 0: any. */
+PyArrayObject *clpy_array(PyObject *obj, int type, int nd, const char *what);
+
+/* obj as an NPY_INT32 or NPY_INT64 C-contiguous array, new reference, checked before the cast: a
+ * non-integer dtype is a TypeError (an empty array of any dtype is accepted), a value outside the
+ * type's range a ValueError naming `what`, the flat index and the value, so 2**32 + 3 never
+ * aliases 3. nd as for clpy_array. */
+PyArrayObject *clpy_int_array(PyObject *obj, int type, int nd, const char *what);
+
+/* Keep `a` alive in the list `keep` and return it borrowed (the reference is stolen); NULL in,
+ * or a failed append (the error set), gives NULL. */
+PyArrayObject *clpy_keep(PyObject *keep, PyArrayObject *a);
+
+/* A fresh array of `type` and shape dims holding a copy of src (C order), new reference. */
+PyObject *clpy_array_copy(const void *src, int type, int nd, const npy_intp *dims);
+
 int clpy_model_register(PyObject *m);
 int clpy_analysis_register(PyObject *m);
 int clpy_http_register(PyObject *m);

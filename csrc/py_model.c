@@ -254,7 +254,7 @@ static cl_status call_hook(void *vctx, const cl_hook_view *v, cl_error *err) {
     ret = PyObject_CallFunctionObjArgs(ctx->callbacks[idx], arr, ctx->names[idx], NULL);
     if (!ret) { st = CL_ECALLBACK; goto done; }
     PyObject *src = ret == Py_None ? arr : ret;
-    conv = PyArray_FROMANY(src, NPY_FLOAT32, 0, 0, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    conv = (PyObject *)clpy_array(src, NPY_FLOAT32, -1, "a hook's return value");
     if (!conv) { st = CL_ECALLBACK; goto done; }
     if (PyArray_NDIM((PyArrayObject *)conv) != nd || memcmp(PyArray_DIMS((PyArrayObject *)conv), dims, nd * sizeof(npy_intp))) {
         PyErr_Format(PyExc_ValueError, "hook '%U' returned an array of the wrong shape (expected the activation's shape)",
@@ -277,54 +277,6 @@ done:
     PyGILState_Release(gs);
     if (st) cl_fail(err, CL_ECALLBACK, "a hook callback raised");
     return st;
-}
-
-/* Borrowed array from an object: float32/int32/uint8 C-contiguous copy kept in `keep`. */
-static PyArrayObject *as_array(PyObject *obj, int type, PyObject *keep) {
-    PyObject *a = PyArray_FROMANY(obj, type, 0, 0, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
-    if (!a) return NULL;
-    if (PyList_Append(keep, a) < 0) { Py_DECREF(a); return NULL; }
-    Py_DECREF(a);
-    return (PyArrayObject *)a;
-}
-
-/* An int32 C-contiguous copy (kept in `keep`) of an integer array, checked before the cast: a
- * non-integer dtype is a TypeError, a value outside int32 a ValueError naming the argument, the
- * (flat) index and the value, so 2**32 + 3 never aliases 3. */
-static PyArrayObject *as_int32(PyObject *obj, const char *what, PyObject *keep) {
-    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (!raw) return NULL;
-    int t = PyArray_TYPE(raw);
-    if (!PyTypeNum_ISINTEGER(t) && !(PyArray_SIZE(raw) == 0)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an array of integers, got dtype %R", what, (PyObject *)PyArray_DESCR(raw));
-        Py_DECREF(raw);
-        return NULL;
-    }
-    if (PyArray_SIZE(raw) && PyTypeNum_ISINTEGER(t) && !PyArray_CanCastSafely(t, NPY_INT32)) {
-        int uns = PyTypeNum_ISUNSIGNED(t);
-        PyArrayObject *w = (PyArrayObject *)PyArray_FROMANY((PyObject *)raw, uns ? NPY_UINT64 : NPY_INT64, 0, 0,
-                                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
-        if (!w) { Py_DECREF(raw); return NULL; }
-        npy_intp n = PyArray_SIZE(w);
-        for (npy_intp i = 0; i < n; i++) {
-            int bad;
-            long long sv = 0;
-            unsigned long long uv = 0;
-            if (uns) { uv = ((const npy_uint64 *)PyArray_DATA(w))[i]; bad = uv > (unsigned long long)INT32_MAX; }
-            else { sv = ((const npy_int64 *)PyArray_DATA(w))[i]; bad = sv > INT32_MAX || sv < INT32_MIN; }
-            if (bad) {
-                if (uns) PyErr_Format(PyExc_ValueError, "%s[%zd] (flat index) = %llu is outside the int32 range", what, (Py_ssize_t)i, uv);
-                else PyErr_Format(PyExc_ValueError, "%s[%zd] (flat index) = %lld is outside the int32 range", what, (Py_ssize_t)i, sv);
-                Py_DECREF(w);
-                Py_DECREF(raw);
-                return NULL;
-            }
-        }
-        Py_DECREF(w);
-    }
-    PyArrayObject *a = (PyArrayObject *)as_array((PyObject *)raw, NPY_INT32, keep);
-    Py_DECREF(raw);
-    return a;
 }
 
 static int check_shape(PyArrayObject *a, int nd, const npy_intp *dims, const char *hook, const char *what) {
@@ -373,7 +325,8 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     cl_hook_slot *slots = NULL;
     PyObject **callbacks = NULL, **names = NULL;
     if (!keep) return NULL;
-    PyArrayObject *tok = as_int32(tok_o, "tokens", keep), *len = tok ? as_int32(len_o, "lengths", keep) : NULL, *pos = NULL;
+    PyArrayObject *tok = clpy_keep(keep, clpy_int_array(tok_o, NPY_INT32, -1, "tokens")), *pos = NULL;
+    PyArrayObject *len = tok ? clpy_keep(keep, clpy_int_array(len_o, NPY_INT32, -1, "lengths")) : NULL;
     if (!tok || !len) goto done;
     if (PyArray_NDIM(tok) != 1 || PyArray_NDIM(len) != 1) {
         PyErr_SetString(PyExc_ValueError, "tokens and lengths must be 1-D (packed tokens, one length per sequence)");
@@ -391,7 +344,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     if (stop < 0) stop = L;
     int P = T_pad;
     if (pos_o != Py_None) {
-        pos = as_int32(pos_o, "pos", keep);
+        pos = clpy_keep(keep, clpy_int_array(pos_o, NPY_INT32, -1, "pos"));
         if (!pos) goto done;
         if (PyArray_NDIM(pos) != 2 || PyArray_DIM(pos, 0) != B) {
             PyErr_Format(PyExc_ValueError, "pos must have shape (batch=%d, n_positions)", B);
@@ -442,7 +395,7 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
                 s->capture = PyArray_DATA((PyArrayObject *)cap);
             }
             if ((v = PyDict_GetItemString(spec, "patch")) && v != Py_None) {
-                PyArrayObject *p = as_array(v, NPY_FLOAT32, keep);
+                PyArrayObject *p = clpy_keep(keep, clpy_array(v, NPY_FLOAT32, -1, "patch"));
                 if (!p || check_shape(p, nd, full, name, "patch")) goto done;
                 s->patch = PyArray_DATA(p);
             }
@@ -457,19 +410,19 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
                     goto done;
                 }
                 npy_intp hd[1] = {c->n_heads}, vd[2] = {sh.dims[0], sh.dims[1]};
-                PyArrayObject *h = as_array(v, NPY_UINT8, keep);
+                PyArrayObject *h = clpy_keep(keep, clpy_array(v, NPY_UINT8, -1, "ablate_heads"));
                 if (!h || check_shape(h, 1, hd, name, "ablate_heads")) goto done;
                 s->ablate_heads = PyArray_DATA(h);
                 if ((v = PyDict_GetItemString(spec, "ablate_values")) && v != Py_None) {
-                    PyArrayObject *av = as_array(v, NPY_FLOAT32, keep);
+                    PyArrayObject *av = clpy_keep(keep, clpy_array(v, NPY_FLOAT32, -1, "ablate_values"));
                     if (!av || check_shape(av, 2, vd, name, "ablate_values")) goto done;
                     s->ablate_values = PyArray_DATA(av);
                 }
             }
             if ((v = PyDict_GetItemString(spec, "set_idx")) && v != Py_None) {
-                PyArrayObject *ix = as_int32(v, "set_idx", keep);
+                PyArrayObject *ix = clpy_keep(keep, clpy_int_array(v, NPY_INT32, -1, "set_idx"));
                 PyObject *vv = PyDict_GetItemString(spec, "set_val");
-                PyArrayObject *val = ix && vv ? as_array(vv, NPY_FLOAT32, keep) : NULL;
+                PyArrayObject *val = ix && vv ? clpy_keep(keep, clpy_array(vv, NPY_FLOAT32, -1, "set_val")) : NULL;
                 if (!ix) goto done;
                 if (!val) { if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "set_idx for '%s' needs set_val", name); goto done; }
                 if (PyArray_NDIM(ix) != 1 || PyArray_NDIM(val) != 1 || PyArray_DIM(ix, 0) != PyArray_DIM(val, 0)) {

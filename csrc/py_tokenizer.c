@@ -79,14 +79,6 @@ static int text_utf8(PyObject *obj, const char **s, Py_ssize_t *n) {
     return 0;
 }
 
-static PyObject *ids_to_array(const int32_t *ids, size_t n) {
-    npy_intp dims[1] = {(npy_intp)n};
-    PyObject *arr = PyArray_SimpleNew(1, dims, NPY_INT32);
-    if (!arr) return NULL;
-    if (n) memcpy(PyArray_DATA((PyArrayObject *)arr), ids, n * sizeof *ids);
-    return arr;
-}
-
 /* encode(text, flags) -> int32 array; with CL_TOK_OFFSETS -> (ids, int64 [n, 2] char offsets) */
 static PyObject *tok_encode(TokObject *self, PyObject *args) {
     PyObject *text = NULL, *ids = NULL, *offs = NULL, *result = NULL;
@@ -112,7 +104,8 @@ static PyObject *tok_encode(TokObject *self, PyObject *args) {
         clpy_raise(&err);
         goto done;
     }
-    ids = ids_to_array(res.ids, res.n);
+    npy_intp n_ids[1] = {(npy_intp)res.n};
+    ids = clpy_array_copy(res.ids, NPY_INT32, 1, n_ids);
     if (!ids) goto done;
     if (!(flags & CL_TOK_OFFSETS)) {
         result = ids;
@@ -120,9 +113,8 @@ static PyObject *tok_encode(TokObject *self, PyObject *args) {
         goto done;
     }
     npy_intp dims[2] = {(npy_intp)res.n, 2};
-    offs = PyArray_SimpleNew(2, dims, NPY_INT64);
+    offs = clpy_array_copy(res.offsets, NPY_INT64, 2, dims);
     if (!offs) goto done;
-    if (res.n) memcpy(PyArray_DATA((PyArrayObject *)offs), res.offsets, 2 * res.n * sizeof(int64_t));
     result = PyTuple_Pack(2, ids, offs);
 done:
     cl_tok_result_free(&res);
@@ -184,7 +176,8 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args) {
     list = PyList_New(n);
     if (!list) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *a = ids_to_array(res[i].ids, res[i].n);
+        npy_intp n_ids[1] = {(npy_intp)res[i].n};
+        PyObject *a = clpy_array_copy(res[i].ids, NPY_INT32, 1, n_ids);
         if (!a) goto done;
         PyList_SET_ITEM(list, i, a);
     }
@@ -203,14 +196,18 @@ done:
 
 /* ids (anything array-like of integers, 0-d or 1-d) -> owned int32 buffer, range-checked */
 static int ids_from_object(cl_tokenizer *t, PyObject *obj, int32_t **out, size_t *n) {
-    PyObject *arr = NULL;
+    PyArrayObject *arr = NULL;
     int ok = 0;
     *out = NULL;
     *n = 0;
-    arr = PyArray_FROMANY(obj, NPY_INT64, 0, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    arr = clpy_int_array(obj, NPY_INT64, -1, "token ids");
     if (!arr) goto done;
-    size_t m = (size_t)PyArray_SIZE((PyArrayObject *)arr);
-    const int64_t *v = PyArray_DATA((PyArrayObject *)arr);
+    if (PyArray_NDIM(arr) > 1) {
+        PyErr_Format(PyExc_ValueError, "token ids must be a 0-D or 1-D array, got %d-D", PyArray_NDIM(arr));
+        goto done;
+    }
+    size_t m = (size_t)PyArray_SIZE(arr);
+    const int64_t *v = PyArray_DATA(arr);
     cl_tokenizer_info info;
     cl_tokenizer_get_info(t, &info);
     int32_t *ids = PyMem_Malloc((m + 1) * sizeof *ids);

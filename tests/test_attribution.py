@@ -180,3 +180,32 @@ def test_mean_ablation_uses_the_prompts_mean_z(model):
     lg = model.run_with_hooks(np.array(p.tokens)[None], fwd_hooks=[("blocks.0.attn.hook_z", to_mean)])[0, -1].astype(np.float64)
     pr = np.exp(lg - lg.max())
     assert res.p_ablated.iloc[0] == pytest.approx(pr[p.token_id] / pr.sum(), rel=1e-4, abs=1e-7)
+
+
+def test_analysis_bindings_check_integer_arrays_before_the_cast(model):
+    """Token, length, layer, neuron and doc-id arrays go through the bindings' one int converter:
+    a value outside int32 (int64 for doc ids) is a ValueError naming the array and the flat index,
+    never a silent wrap (2**32 + 3 would alias token 3), and a non-integer dtype a TypeError."""
+    toks, lens = np.array([1, 2**32 + 3, 5], np.int64), np.array([3], np.int32)
+    tl, tn = np.array([0], np.int32), np.array([1], np.int32)
+    with pytest.raises(ValueError, match=r"tokens\[1\] \(flat index\) = 4294967299 is outside the int32 range"):
+        _core.attribute_batch(model._core, toks, lens, tl, tn)
+    with pytest.raises(ValueError, match=r"lengths\[0\] .* = 4294967299 is outside the int32 range"):
+        _core.attribute_batch(model._core, toks[[0, 2, 0]], np.array([2**32 + 3], np.uint64), tl, tn)
+    with pytest.raises(ValueError, match=r"target_neurons\[0\] .* = -4294967295 is outside"):
+        _core.attribute_batch(model._core, toks[[0, 2, 0]], lens, tl, np.array([-(2**32) + 1]))
+    with pytest.raises(TypeError, match="target_layers must be an array of integers"):
+        _core.attribute_batch(model._core, toks[[0, 2, 0]], lens, np.array([0.5]), tn)
+    with pytest.raises(ValueError, match=r"neurons\[0\] .* = 4294967297 is outside the int32 range"):
+        _core.Scanner(np.array([0], np.int32), np.array([2**32 + 1]), model.cfg.d_mlp, 2)
+    sc = _core.Scanner(np.array([0], np.int32), np.array([1], np.int32), model.cfg.d_mlp, 2)
+    with pytest.raises(ValueError, match=r"tokens\[1\] .* = 4294967299 is outside the int32 range"):
+        _core.scan_batch(model._core, sc, toks, lens, np.array([0], np.int64), 0)
+    with pytest.raises(ValueError, match=r"doc_ids\[0\] .* = 9223372036854775808 is outside the int64 range"):
+        _core.scan_batch(model._core, sc, toks[[0, 2, 0]], lens, np.array([2**63], np.uint64), 0)
+    assert sc.state()["count"][0] == 0  # nothing ran
+    # in range, any integer dtype is accepted and means the same as int32
+    s64, a64 = _core.attribute_batch(model._core, toks[[0, 2, 0]], lens.astype(np.uint64), tl.astype(np.int8), tn)
+    s32, a32 = _core.attribute_batch(model._core, toks[[0, 2, 0]].astype(np.int32), lens, tl, tn)
+    np.testing.assert_array_equal(s64, s32)
+    np.testing.assert_array_equal(a64, a32)
