@@ -211,7 +211,7 @@ static void test_errors(const char *tmp) {
     CHECK(st == CL_EFORMAT && strstr(err.msg, "tokenizer.json:3:"), "bad JSON: %s", err.msg);
 
     /* found by the fuzzer: the message quoted a bad merges.txt line after its text was freed */
-    char vdir[1100];
+    char vdir[1024];
     snprintf(vdir, sizeof vdir, "%s/ctok_bad_merges", tmp);
     snprintf(path, sizeof path, "mkdir -p %s", vdir);
     if (system(path) != 0) exit(2);
