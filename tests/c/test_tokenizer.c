@@ -12,19 +12,7 @@
 #include <string.h>
 
 #include "cl_tokenizer.h"
-
-static int n_pass, n_fail;
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (cond) n_pass++;                                \
-        else {                                             \
-            n_fail++;                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);    \
-            printf(__VA_ARGS__);                           \
-            printf("\n");                                  \
-        }                                                  \
-    } while (0)
+#include "ctest.h"
 
 static int same_ids(const cl_tok_result *r, const int32_t *want, size_t n) {
     if (r->n != n) return 0;
@@ -280,6 +268,5 @@ int main(int argc, char **argv) {
     test_gpt2(gpt2);
     test_neox(neox);
     test_errors(tmp);
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return ctest_report();
 }
