@@ -97,7 +97,7 @@ FUZZ_HARNESSES := safetensors config tokenizer
 FUZZ_CC ?= clang
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_GNU_SOURCE -Icsrc \
                $(shell pkg-config --cflags libcjson 2>/dev/null)
-FUZZ_SRC := csrc/cl_common.c csrc/cl_safetensors.c csrc/cl_config.c csrc/cl_tokenizer.c
+FUZZ_SRC := csrc/cl_common.c csrc/cl_safetensors.c csrc/cl_config.c csrc/cl_tokenizer.c $(wildcard csrc/cl_tok_*.c)
 SHARED_TOK := $(abspath $(CURDIR)/../shared/data/tokenizers)
 fuzz-sysdeps:
 	@for p in clang libomp-dev; do dpkg -s $$p >/dev/null 2>&1 || (apt-get install -y -q $$p || (apt-get update -q && apt-get install -y -q $$p)); done

@@ -5,6 +5,7 @@ GPT-2: vocab.json + merges.txt, HF side = models.BPE.from_file + ByteLevel pre-t
 hub gpt2 tokenizer.json's post-processor (ByteLevel, trim_offsets=False).
 GPT-NeoX-20B / Pythia: tokenizers.Tokenizer.from_file(tokenizer.json).
 """
+import glob
 import gzip
 import json
 import os
@@ -727,7 +728,8 @@ def test_c_library(tmp_path):
     subprocess.run([cc, "-std=c11", "-O1", "-fopenmp", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
                     "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                     "-I" + os.path.join(root, "csrc"), os.path.join(root, "tests", "c", "test_tokenizer.c"),
-                    os.path.join(root, "csrc", "cl_tokenizer.c"), os.path.join(root, "csrc", "cl_common.c"),
+                    os.path.join(root, "csrc", "cl_tokenizer.c"), *sorted(glob.glob(os.path.join(root, "csrc", "cl_tok_*.c"))),
+                    os.path.join(root, "csrc", "cl_common.c"),
                     *cj, "-o", exe], check=True)
     r = subprocess.run([exe, GPT2_DIR, NEOX_DIR, str(tmp_path)], capture_output=True, text=True, timeout=300)
     sys.stdout.write(r.stdout)

@@ -12,19 +12,7 @@
 #include <string.h>
 
 #include "cl_tokenizer.h"
-
-static int n_pass, n_fail;
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (cond) n_pass++;                                \
-        else {                                             \
-            n_fail++;                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);    \
-            printf(__VA_ARGS__);                           \
-            printf("\n");                                  \
-        }                                                  \
-    } while (0)
+#include "ctest.h"
 
 static int same_ids(const cl_tok_result *r, const int32_t *want, size_t n) {
     if (r->n != n) return 0;
@@ -211,7 +199,7 @@ static void test_errors(const char *tmp) {
     CHECK(st == CL_EFORMAT && strstr(err.msg, "tokenizer.json:3:"), "bad JSON: %s", err.msg);
 
     /* found by the fuzzer: the message quoted a bad merges.txt line after its text was freed */
-    char vdir[1000];  /* fits "mkdir -p %s" in path[1100] */
+    char vdir[1024];
     snprintf(vdir, sizeof vdir, "%s/ctok_bad_merges", tmp);
     snprintf(path, sizeof path, "mkdir -p %s", vdir);
     if (system(path) != 0) exit(2);
@@ -280,6 +268,5 @@ int main(int argc, char **argv) {
     test_gpt2(gpt2);
     test_neox(neox);
     test_errors(tmp);
-    printf("%d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return ctest_report();
 }
