@@ -487,7 +487,7 @@ class RunData:
         """A table as its stage wrote it: a file that the manifest records and that is missing, not
         the recorded file (sha256) or unreadable raises RunFileError naming it and the command that
         redoes its stage; a table of a stage that has not run is empty."""
-        from .replicate import OUTPUTS, RunFileError, _sha256, repair_command
+        from .replicate import OUTPUTS, RunFileError, file_sha256 as _sha256, repair_command
 
         p = os.path.join(self.dir, f"{name}.parquet")
         stage = next((s for s, outs in OUTPUTS.items() if name in outs), None)
@@ -810,7 +810,7 @@ class RunData:
                 self._fill(model, split, exs[split], progress)
 
     def _fill(self, model, split: str, exs: List[Example], progress: bool) -> None:
-        from .search import _doc_tokens
+        from .search import doc_tokens as _doc_tokens
 
         tok = model.tokenizer
         scan = self.stage_attrs("scan" if split == "train" else "test_scan", "max_acts" if split == "train" else "test_max_acts")
