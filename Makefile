@@ -5,7 +5,8 @@ APT_PACKAGES := libopenblas-dev libcurl4-openssl-dev libcjson-dev pkg-config chr
 PY_TEST_DEPS := "torch==2.13.0" "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
                 "transformer-lens>=2.0" "scipy>=1.10" "pyarrow>=12" "pandas>=1.5" "tqdm>=4.60" \
                 "pytest>=7" "unicodedata2==16.0.0" "matplotlib>=3.6" "numpy>=1.23" "setuptools>=64" wheel \
-                "websocket-client>=1.6" "nbclient>=0.8" "nbformat>=5.9" "ipykernel>=6.20" "Pillow>=9"
+                "websocket-client>=1.6" "nbclient>=0.8" "nbformat>=5.9" "ipykernel>=6.20" "Pillow>=9" \
+                "jinja2>=3.0"
 CFLAGS_C := -std=c11 -O2 -g -fopenmp -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -Icsrc \
             $(shell pkg-config --cflags openblas libcurl libcjson 2>/dev/null)
 LIBS_C := $(shell pkg-config --libs openblas libcurl libcjson 2>/dev/null) -lm -fopenmp

@@ -92,15 +92,16 @@ def _add_report(sub):
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'ctxlookup replicate'")
     p.add_argument("--out", help="where to write it (default: RUN_DIR/report)")
     p.add_argument("--model", help="the model folder, if it moved since the run (default: the manifest's)")
-    p.add_argument("--no-model", action="store_true", help="do not load the model (no per-token colours)")
+    p.add_argument("--no-model", action="store_true",
+                   help="never load the model (a run made before the examples stage then shows no per-token colours)")
     p.add_argument("--corpus", help="the prompts' corpus, if it moved since the run")
     p.add_argument("--test-corpus", help="the test prompts' corpus, if it moved since the run")
     p.add_argument("--page-size", type=int, default=100, help="rows per page of the plain lists (default 100)")
     p.add_argument("--before", type=int, default=40, help="tokens shown before each maximum (default 40)")
     p.add_argument("--after", type=int, default=10, help="tokens shown after each maximum (default 10)")
     p.add_argument("--context", choices=["document", "prompt"], default="document",
-                   help="recompute activations on the documents (default, as the scan saw them) or on the "
-                        "truncated prompts alone (faster, no corpus needed)")
+                   help="activations on the documents (default, as the scan saw them and the examples stage "
+                        "stored them) or computed on the truncated prompts alone (no corpus needed)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_report)
 
