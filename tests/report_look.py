@@ -2,6 +2,7 @@
 the boxes of the elements that make its layout (headings, cards, examples, their tokens, tables,
 figures), plus a screenshot of each. Used by the report's before/after test."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -98,15 +99,21 @@ def _rgba(c):
     return v + [1.0] * (4 - len(v))
 
 
+def _byte(alpha):
+    """The 8-bit alpha Chromium printed as the shortest decimal that rounds (half up) back to it."""
+    return math.floor(255 * alpha + 0.5)
+
+
 def same_token(p, q):
     """Two coloured tokens look the same: class and text equal, the colour's alpha within one step
     of 255 and its activation in the tooltip within 0.001 (a float32 activation computed in
-    another batch can differ in its last bit, and the maximum sits on a rounding boundary)."""
+    another batch can differ in its last bit, and the maximum sits on a rounding boundary; the
+    report's script colours from the activation in thousandths)."""
     (cp, bp, tp, xp), (cq, bq, tq, xq) = p, q
     if cp != cq or xp != xq:
         return False
     u, v = _rgba(bp), _rgba(bq)
-    if u[:3] != v[:3] or abs(u[3] - v[3]) > 1.5 / 255:
+    if u[:3] != v[:3] or abs(_byte(u[3]) - _byte(v[3])) > 1:
         return False
     lp, _, np_ = tp.rpartition(" \u00b7 ")
     lq, _, nq = tq.rpartition(" \u00b7 ")

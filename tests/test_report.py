@@ -203,8 +203,12 @@ def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
             seen_escaped += text.count("&lt;script&gt;") + text.count("&lt;img") + text.count("script&gt;")
         return seen_escaped
 
-    # tokens of the corpus (the hostile string is in every document)
-    assert check(site) > 0
+    # tokens of the corpus (the hostile string is in every document): data of the examples' script,
+    # drawn as text (in Chromium below, no dialog opens)
+    check(site)
+    texts = ["".join(x["t"]) for f in os.listdir(os.path.join(site, "assets", "examples"))
+             for x in _examples_js(site, *map(int, re.findall(r"\d+", f)))["ex"].values()]
+    assert sum('<script>alert("pwn")</script>' in t for t in texts) > 0
     # strings from the tables: token, explanation, prompt text, subset, without a model (plain text: a
     # run made before the examples stage stored the tokens)
     bad = _edited_copy(run_dir, tmp_path / "run", drop=["examples"])
@@ -247,7 +251,8 @@ def test_tokens_coloured_max_and_truncation_marked(site, run_dir):
         for e in exs:
             x = js["ex"][f"train-{e.rank}-{e.doc_id}"]
             assert (x["f"], x["p"], x["s"], x["n"], x["t"]) == (e.first, e.position, e.start, e.doc_len, e.strs)
-            assert np.array_equal(np.asarray(x["a"], np.float32), e.acts)  # float32 exactly
+            for k, a in zip(x["a"], e.acts):  # thousandths, as the tooltip shows them; a tiny negative as itself
+                assert k == round(float(f"{a:.3f}") * 1000) if isinstance(k, int) else (k < 0 and f"{a:.3f}" == "-0.000")
             assert f'data-ex="train-{e.rank}-{e.doc_id}"' in page
         cut_pages += any(e.start is not None and e.start > e.first for e in exs)
     assert data.mismatches == 0
@@ -335,7 +340,7 @@ def test_without_corpus_colours_the_prompts_alone(run_dir, tmp_path):
     for e in kept:  # the prompt alone gives the truncated prompt's activation at its last token
         assert e.acts[-1] == pytest.approx(e.prompt_activation, rel=1e-3, abs=1e-4)
     page = open(os.path.join(os.path.dirname(out), neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
-    assert "Context unavailable" in page and 'class="toks plain" data-ex=' in page
+    assert "Context unavailable" in page and 'class="toks" data-ex=' in page
     assert len(_examples_js(os.path.dirname(out), n.layer, n.neuron)["ex"]) >= len(kept)
 
 
@@ -405,7 +410,7 @@ def test_notebook_views(run_dir, site):
     # the same views as the pages
     page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
     legend = '<span class="tok max">max</span>'
-    assert page.count('class="toks plain" data-ex=') == n.count('class="tok max') - n.count(legend) > 0
+    assert page.count('data-ex=') == n.count('class="tok max') - n.count(legend) > 0
     assert "<script" not in h and "<script" not in n  # a notebook view draws its tokens inline
     assert isinstance(view(r, run_dir), HeadView)
     assert isinstance(view(scores.iloc[[0]], run_dir), HeadView)
@@ -512,7 +517,7 @@ def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     # the hostile corpus ran nothing: the only scripts are the site's and the neuron's examples
     assert b.eval("Array.from(document.scripts).map(s => s.getAttribute('src'))") == [
         f"../assets/examples/L{p.layer}N{p.neuron}.js", "../static/report.js"]
-    assert b.eval("document.querySelectorAll('.toks[data-ex].plain').length") == 0  # every example drawn
+    assert b.eval("document.querySelectorAll('.toks[data-ex]:empty').length") == 0  # every example drawn
     _check_links(b, "neuron")
     _not_blank(b.screenshot(), tmp_path, "neuron")
     target = head_page(p.layer, p.neuron, p.head_layer, p.head)

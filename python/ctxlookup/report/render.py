@@ -547,10 +547,18 @@ def nav_html(links: Links, prev, nxt, kind: str) -> str:
     return _render("nav.html", prev=lk(prev), next=lk(nxt), index=links.index())
 
 
+def _thousandths(a: float):
+    if not np.isfinite(a):
+        return None
+    k = int(round(float(f"{a:.3f}") * 1000))
+    return k if k or a >= 0 else float(str(np.float32(a)))
+
+
 def examples_js(data: RunData, layer: int, neuron: int) -> str:
     """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, ex}``, each
-    example's tokens and activations under its element id (each activation in the fewest digits
-    that give back its float32 value, which the script restores with ``Math.fround``)."""
+    example's tokens and activations under its element id. An activation is written as the integer
+    number of thousandths its tooltip shows (``f"{a:.3f}"``), or, when that is 0 for a negative
+    activation (blue, not orange), as itself."""
     ex = {}
     for split in ("train", "test"):
         for e in data.examples(layer, neuron, split):
@@ -558,6 +566,6 @@ def examples_js(data: RunData, layer: int, neuron: int) -> str:
                 continue
             ex[f"{e.split}-{e.rank}-{e.doc_id}"] = dict(
                 f=e.first, p=e.position, s=e.start, n=e.doc_len, t=e.strs,
-                a=[float(str(np.float32(a))) if np.isfinite(a) else None for a in e.acts])
+                a=[_thousandths(a) for a in e.acts])
     obj = dict(scale=data.scale(layer, neuron), ex=ex)
     return "window.CTXL_EXAMPLES = " + json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + ";\n"

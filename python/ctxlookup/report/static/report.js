@@ -12,7 +12,7 @@
   // ---------------------------------------------------------------- coloured tokens
   // Each neuron's examples live once in ../assets/examples/L{l}N{n}.js (window.CTXL_EXAMPLES:
   // {scale, ex: {id: {f: first token, p: the maximum, s: the prompt's start or null,
-  // n: document tokens or null, t: token texts, a: float32 activations}}}), shared by the neuron's page
+  // n: document tokens or null, t: token texts, a: activations in thousandths}}}), shared by the neuron's page
   // and its heads' pages; each <div class="toks" data-ex="id"> is drawn from it.
   function hex2(v) { return ("0" + Math.round(255 * v).toString(16)).slice(-2); }
   function colour(a, scale) {
@@ -26,7 +26,7 @@
     var out = document.createDocumentFragment();
     if (x.f > 0) out.appendChild(span("ell", "earlier tokens not shown", "\u2026"));
     for (var i = 0; i < x.t.length; i++) {
-      var d = x.f + i, s = x.t[i], a = x.a[i] === null ? null : Math.fround(x.a[i]);
+      var d = x.f + i, s = x.t[i], a = x.a[i] === null ? null : Number.isInteger(x.a[i]) ? x.a[i] / 1000 : x.a[i];
       if (x.s !== null && d === x.s && x.s > 0) out.appendChild(span("cut", "the truncated prompt starts here"));
       var cls = "tok" + (d === x.p ? " max" : "") + ((x.s !== null && d < x.s) || d > x.p ? " out" : "");
       var label = s === "" ? "(the first bytes of the next token's character)" : "'" + visible(s) + "'";
@@ -37,7 +37,6 @@
     }
     if (x.n !== null && x.f + x.t.length < x.n) out.appendChild(span("ell", "later tokens not shown", "\u2026"));
     div.textContent = "";
-    div.classList.remove("plain");
     div.appendChild(out);
   }
   var EX = window.CTXL_EXAMPLES;
