@@ -141,3 +141,11 @@ def text_model_dir(tmp_path_factory):
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(SHARED / "data" / "tokenizers" / "gpt2" / f, folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def report_run_dir(text_model_dir, tmp_path_factory):
+    """A replication run for the report's tests (test_report.py, test_report_data.py)."""
+    from test_report import make_run
+
+    return make_run(text_model_dir, tmp_path_factory)

@@ -324,3 +324,24 @@ def test_random_neurons_token_filter_by_protocol(text_model_dir):
     b = random_neurons(m, layers=[1], n=30, seed=1, protocol="ctxlookup")
     assert b.neuron.tolist() == a.neuron.tolist()
     assert all(strings[t].startswith(" ") and len(strings[t]) > 2 for t in b.token_id)
+
+
+def test_top_congruent_brute_force(model):
+    """Each neuron's most and least congruent tokens: the NumPy product W_out @ W_U sorted, with the
+    excluded ids left out (the report shows them)."""
+    from ctxlookup.neurons import token_strings, top_congruent
+
+    excluded = [0, 5, 17, 33]
+    got = top_congruent(model, [(0, 3), (1, 0), (1, 7)], k=6, k_neg=4, excluded=excluded)
+    assert list(got.columns) == ["layer", "neuron", "side", "rank", "token_id", "token", "congruence"]
+    assert got.attrs == dict(direction="unembed", n_excluded=len(excluded), k=6, k_neg=4)
+    strs = token_strings(model)
+    for (l, n), g in got.groupby(["layer", "neuron"]):
+        c = model.W_out[l][n].astype(np.float64) @ model.W_U.astype(np.float64)
+        c[excluded] = np.nan
+        order = np.argsort(-np.nan_to_num(c, nan=-np.inf), kind="stable")
+        top, bottom = g[g.side == "top"].sort_values("rank"), g[g.side == "bottom"].sort_values("rank")
+        assert list(top.token_id) == list(order[:6]) and list(bottom.token_id) == list(np.argsort(np.nan_to_num(c, nan=np.inf))[:4])
+        np.testing.assert_allclose(top.congruence, c[order[:6]], rtol=1e-4, atol=1e-5)
+        assert list(top.token) == [strs[t] for t in top.token_id]
+        assert not set(g.token_id) & set(excluded)

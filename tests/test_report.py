@@ -2,7 +2,8 @@
 checked file by file (links resolve both ways, everything escaped, tokens coloured, numbers as
 the tables hold them, a big index paged and searchable), its notebook views, the CLI, and the
 site opened in headless Chromium over the DevTools protocol (no console errors, no failed
-requests, links resolve, tokens coloured in the DOM, a screenshot that is not blank)."""
+requests, links resolve, tokens coloured in the DOM, a screenshot that is not blank, and every
+page laid out as the report before the templates laid it out)."""
 import html.parser
 import io
 import json
@@ -41,8 +42,9 @@ def _hostile(lines):
     return "\n".join(out) + "\n"
 
 
-@pytest.fixture(scope="module")
-def run_dir(text_model_dir, tmp_path_factory):
+def make_run(text_model_dir, tmp_path_factory):
+    """The report tests' run (conftest.report_run_dir): the tiny text model on a corpus with
+    hostile text in every document."""
     d = tmp_path_factory.mktemp("report-run")
     lines = (SHARED / "data" / "corpus" / "tiny.jsonl").read_text().splitlines()
     (d / "train.jsonl").write_text(_hostile(lines[:120]))
@@ -52,10 +54,43 @@ def run_dir(text_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def run_dir(report_run_dir):
+    return report_run_dir
+
+
+@pytest.fixture(scope="module")
 def site(run_dir):
     index = report(run_dir)
     assert index == os.path.join(run_dir, "report", "index.html")
     return os.path.dirname(index)
+
+
+def _edited_copy(run_dir, dest, drop=()):
+    """A copy of the run for a test that edits its tables: the manifest forgets the files' hashes
+    (as a run made before it kept them) and the stages in ``drop``, whose tables are removed (as a
+    run stopped before them, or made before they existed)."""
+    from ctxlookup.replicate import OUTPUTS
+
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("report"))
+    mpath = os.path.join(dest, "manifest.json")
+    m = json.load(open(mpath))
+    for stage in drop:
+        m["stages"].pop(stage, None)
+        for name in OUTPUTS[stage]:
+            for ext in ("parquet", "csv"):
+                if os.path.exists(os.path.join(dest, f"{name}.{ext}")):
+                    os.remove(os.path.join(dest, f"{name}.{ext}"))
+    for rec in m["stages"].values():
+        rec.pop("outputs", None)
+    json.dump(m, open(mpath, "w"))
+    return str(dest)
+
+
+def _examples_js(site, layer, neuron):
+    """A neuron's examples as its pages' script holds them (window.CTXL_EXAMPLES)."""
+    text = open(os.path.join(site, "assets", "examples", f"L{layer}N{neuron}.js"), encoding="utf-8").read()
+    assert text.startswith("window.CTXL_EXAMPLES = ") and text.endswith(";\n")
+    return json.loads(text[len("window.CTXL_EXAMPLES = "):-2])
 
 
 class _Links(html.parser.HTMLParser):
@@ -156,8 +191,11 @@ def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
         for page in _pages(folder):
             text = open(page, encoding="utf-8").read()
             p = _parse(page)
-            expected_scripts = 2 if os.path.basename(page) == "index.html" and os.path.dirname(page) == folder else 0
-            assert p.scripts == expected_scripts, f"{page}: {p.scripts} <script> elements"
+            # no inline script: the site's one script, and its data (the index's rows, a neuron's examples)
+            scripts = [a.get("src") for tag, a in p.tags if tag == "script"]
+            assert scripts and all(scripts) and scripts[-1].endswith("static/report.js"), (page, scripts)
+            assert len(scripts) == (1 if os.sep + "lists" + os.sep in page else 2), (page, scripts)
+            assert len(re.findall(r"<script[^>]*>", text)) == len(scripts) and text.count("</script>") == len(scripts)
             for tag, attrs in p.tags:
                 assert not any(k.startswith("on") for k in attrs), f"{page}: <{tag}> has an event handler attribute"
                 assert not (tag == "img" and attrs.get("src") == "x"), page
@@ -165,11 +203,15 @@ def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
             seen_escaped += text.count("&lt;script&gt;") + text.count("&lt;img") + text.count("script&gt;")
         return seen_escaped
 
-    # tokens of the corpus (the hostile string is in every document)
-    assert check(site) > 0
-    # strings from the tables: token, explanation, prompt text, subset, without a model (plain text)
-    bad = str(tmp_path / "run")
-    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("report"))
+    # tokens of the corpus (the hostile string is in every document): data of the examples' script,
+    # drawn as text (in Chromium below, no dialog opens)
+    check(site)
+    texts = ["".join(x["t"]) for f in os.listdir(os.path.join(site, "assets", "examples"))
+             for x in _examples_js(site, *map(int, re.findall(r"\d+", f)))["ex"].values()]
+    assert sum('<script>alert("pwn")</script>' in t for t in texts) > 0
+    # strings from the tables: token, explanation, prompt text, subset, without a model (plain text: a
+    # run made before the examples stage stored the tokens)
+    bad = _edited_copy(run_dir, tmp_path / "run", drop=["examples"])
     for name, cols in (("neurons", ["token"]), ("prompts", ["text", "subset", "token"]), ("max_acts", ["subset", "token"]),
                        ("explanations", ["explanation", "token", "prompt"]), ("scores", ["explanation", "token", "prompt"]),
                        ("test_prompts", ["text", "subset"]), ("test_max_acts", ["subset"])):
@@ -183,7 +225,8 @@ def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
     neuron = pd.read_parquet(os.path.join(bad, "neurons.parquet")).iloc[0]
     page = open(os.path.join(tmp_path / "plain", neuron_page(neuron.layer, neuron.neuron)), encoding="utf-8").read()
     assert "Tokens are not coloured" in page and not re.search('class="tok[ "]', page)
-    assert "&lt;script&gt;alert(&quot;pwn&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    assert ctxlookup.report.esc('<script>alert("pwn")</script> & <img src=x onerror="alert(1)">') in page
+    assert "&lt;script&gt;alert(&#34;pwn&#34;)&lt;/script&gt; &amp; &lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
 
 
 def test_tokens_coloured_max_and_truncation_marked(site, run_dir):
@@ -200,10 +243,18 @@ def test_tokens_coloured_max_and_truncation_marked(site, run_dir):
             assert e.first <= e.position < e.first + len(e.strs) <= e.position + 11
             if e.start is not None:
                 assert e.first <= e.start
+        # the page's script holds each example's tokens and activations once (drawn by static/report.js,
+        # checked in Chromium below): the page has a box for each, with its text for browsers without it
+        js = _examples_js(site, r.layer, r.neuron)
+        assert js["scale"] == pytest.approx(data.scale(r.layer, r.neuron))
         page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
-        assert page.count('class="tok max') >= len(exs)
-        assert re.search(r'class="tok[^"]*" style="background:#ff7a00([3-9a-f][0-9a-f])"', page)
-        cut_pages += 'class="cut"' in page
+        for e in exs:
+            x = js["ex"][f"train-{e.rank}-{e.doc_id}"]
+            assert (x["f"], x["p"], x["s"], x["n"], x["t"]) == (e.first, e.position, e.start, e.doc_len, e.strs)
+            for k, a in zip(x["a"], e.acts):  # thousandths, as the tooltip shows them; a tiny negative as itself
+                assert k == round(float(f"{a:.3f}") * 1000) if isinstance(k, int) else (k < 0 and f"{a:.3f}" == "-0.000")
+            assert f'data-ex="train-{e.rank}-{e.doc_id}"' in page
+        cut_pages += any(e.start is not None and e.start > e.first for e in exs)
     assert data.mismatches == 0
     assert cut_pages > 0
 
@@ -253,8 +304,7 @@ def test_numbers_come_from_the_tables(site, run_dir):
 
 def _big_site(run_dir, tmp_path):
     """The run with every neuron of the model listed (384): a report whose index must page."""
-    big = str(tmp_path / "big")
-    shutil.copytree(run_dir, big, ignore=shutil.ignore_patterns("report"))
+    big = _edited_copy(run_dir, tmp_path / "big")
     n = pd.read_parquet(os.path.join(big, "neurons.parquet"))
     have = set(zip(n.layer, n.neuron))
     extra = pd.DataFrame([dict(layer=l, neuron=j, token_id=262, token=" the", congruence=0.1, rank=-1, group="random")
@@ -278,9 +328,11 @@ def test_big_index_is_paged_and_searchable(run_dir, tmp_path):
 
 
 def test_without_corpus_colours_the_prompts_alone(run_dir, tmp_path):
-    out = report(run_dir, out=str(tmp_path / "nocorpus"), corpus=str(tmp_path / "gone.jsonl"),
+    """A run made before the examples stage, and its corpus gone: the prompts alone are run."""
+    old = _edited_copy(run_dir, tmp_path / "old", drop=["examples"])
+    out = report(old, out=str(tmp_path / "nocorpus"), corpus=str(tmp_path / "gone.jsonl"),
                  test_corpus=str(tmp_path / "gone2.jsonl"))
-    data = RunData(run_dir, corpus=str(tmp_path / "gone.jsonl"), test_corpus=str(tmp_path / "gone2.jsonl"))
+    data = RunData(old, corpus=str(tmp_path / "gone.jsonl"), test_corpus=str(tmp_path / "gone2.jsonl"))
     n = data.neurons.iloc[0]
     exs = data.examples(n.layer, n.neuron)
     kept = [e for e in exs if e.prompt_id is not None]
@@ -288,7 +340,8 @@ def test_without_corpus_colours_the_prompts_alone(run_dir, tmp_path):
     for e in kept:  # the prompt alone gives the truncated prompt's activation at its last token
         assert e.acts[-1] == pytest.approx(e.prompt_activation, rel=1e-3, abs=1e-4)
     page = open(os.path.join(os.path.dirname(out), neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
-    assert "Context unavailable" in page and 'class="tok' in page
+    assert "Context unavailable" in page and 'class="toks" data-ex=' in page
+    assert len(_examples_js(os.path.dirname(out), n.layer, n.neuron)["ex"]) >= len(kept)
 
 
 def test_prompt_context_needs_no_corpus(run_dir, tmp_path):
@@ -303,22 +356,16 @@ def test_prompt_context_needs_no_corpus(run_dir, tmp_path):
                 assert e.strs is None  # a dropped document: nothing to run without the corpus
     assert data.corpus_problem == {}
     page = open(os.path.join(os.path.dirname(out), neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
-    assert "made with context='prompt'" in page
+    assert ctxlookup.report.esc("made with context='prompt'") in page
 
 
 def test_partial_run(run_dir, tmp_path):
     """A run stopped after the truncation (no attribution, heads, scores or figures) still reports."""
-    part = str(tmp_path / "part")
-    shutil.copytree(run_dir, part, ignore=shutil.ignore_patterns("report"))
-    m = json.load(open(os.path.join(part, "manifest.json")))
-    for stage in ("attribution", "select", "explain", "score", "ablation", "stats", "evidence"):
-        m["stages"].pop(stage)
-    json.dump(m, open(os.path.join(part, "manifest.json"), "w"))
-    for name in ("attribution", "test_attribution", "heads", "explanations", "scores", "predictions", "ablation",
-                 "ablation_by_head", "statistics", "table3", "table4", "figure5", "figure6", "evidence"):
-        for ext in ("parquet", "csv", "png", "svg"):
-            if os.path.exists(os.path.join(part, f"{name}.{ext}")):
-                os.remove(os.path.join(part, f"{name}.{ext}"))
+    part = _edited_copy(run_dir, tmp_path / "part", drop=["attribution", "select", "explain", "score", "ablation",
+                                                         "stats", "evidence", "examples"])
+    for name in ("figure5", "figure6"):
+        for ext in ("png", "svg"):
+            os.remove(os.path.join(part, f"{name}.{ext}"))
     index = report(part)
     site = os.path.dirname(index)
     assert not os.path.exists(os.path.join(site, "heads")) or os.listdir(os.path.join(site, "heads")) == []
@@ -326,7 +373,9 @@ def test_partial_run(run_dir, tmp_path):
     assert "not in this run" in text
     n = pd.read_parquet(os.path.join(part, "neurons.parquet")).iloc[0]
     page = open(os.path.join(site, neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
-    assert 'class="tok max' in page and "none was explained" in page and "has no an-neuron check" in page
+    assert "none was explained" in page and "has no an-neuron check" in page
+    js = _examples_js(site, n.layer, n.neuron)  # the tokens computed with the model, as the run did not store them
+    assert js["ex"] and all(len(x["t"]) == len(x["a"]) and x["f"] <= x["p"] < x["f"] + len(x["t"]) for x in js["ex"].values())
 
 
 def test_report_of_a_run_object(text_model_dir, run_dir, tmp_path):
@@ -350,8 +399,8 @@ def test_report_again_replaces_its_pages(run_dir, tmp_path):
 # --------------------------------------------------------------------------- notebooks and CLI
 def test_notebook_views(run_dir, site):
     scores = pd.read_parquet(os.path.join(run_dir, "scores.parquet"))
-    r = scores[scores.n_prompts_per_neuron == OPTS["prompts_per_neuron"]].iloc[0]
-    hv = HeadView(run_dir, r.layer, r.neuron, r.head_layer, r["head"])
+    r = scores.iloc[0]
+    hv = HeadView(run_dir, r.layer, r.neuron, r.head_layer, r["head"], n_prompts=r.n_prompts_per_neuron)
     h = hv._repr_html_()
     assert h.startswith('<div class="ctxl-root frag"><style>') and ctxlookup.report.esc(r.explanation) in h
     assert 'class="tok' in h and "href=" not in h.split("</style>", 1)[1]  # no links to pages that are not there
@@ -360,7 +409,9 @@ def test_notebook_views(run_dir, site):
     assert f"L{r.layer}N{r.neuron}" in n and 'class="tok max' in n
     # the same views as the pages
     page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
-    assert page.count('class="tok max') == n.count('class="tok max')
+    legend = '<span class="tok max">max</span>'
+    assert page.count('data-ex=') == n.count('class="tok max') - n.count(legend) > 0
+    assert "<script" not in h and "<script" not in n  # a notebook view draws its tokens inline
     assert isinstance(view(r, run_dir), HeadView)
     assert isinstance(view(scores.iloc[[0]], run_dir), HeadView)
     assert isinstance(view(dict(layer=int(r.layer), neuron=int(r.neuron)), run_dir), NeuronView)
@@ -463,7 +514,10 @@ def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     assert b.problems(mark) == []
     assert b.eval(coloured_js) > 20
     assert b.eval("document.querySelectorAll('.tok.max').length") >= 1
-    assert b.eval("document.querySelectorAll('script').length") == 0  # the hostile corpus ran nothing
+    # the hostile corpus ran nothing: the only scripts are the site's and the neuron's examples
+    assert b.eval("Array.from(document.scripts).map(s => s.getAttribute('src'))") == [
+        f"../assets/examples/L{p.layer}N{p.neuron}.js", "../static/report.js"]
+    assert b.eval("document.querySelectorAll('.toks[data-ex]:empty').length") == 0  # every example drawn
     _check_links(b, "neuron")
     _not_blank(b.screenshot(), tmp_path, "neuron")
     target = head_page(p.layer, p.neuron, p.head_layer, p.head)
@@ -505,16 +559,46 @@ def test_big_index_pages_in_chromium(browser, run_dir, tmp_path):
     _check_links(b, "list")
 
 
-def test_characters_split_over_tokens_are_shown_whole(text_model_dir):
-    from ctxlookup.report import _token_strings
+def test_pages_look_as_before_the_templates(browser, site, run_dir, tmp_path):
+    """Every page of the report laid out in Chromium as the same run's report written by the
+    single-module report of report_look.BEFORE_COMMIT: the same visible text, the same number of
+    headings, cards, examples, tokens, tables, figures, each box within a pixel, each token's class,
+    text, colour (alpha within one step) and tooltip; screenshots of both side by side in the test's
+    folder. The new site is also much smaller: a neuron's tokens are written once, the style and the
+    script once."""
+    import report_look
 
-    tok = ctxlookup.Tokenizer.load(text_model_dir)
-    for text in ["They couldn\u2019t keep \u201cyou\u201d \u65e5\u672c\u8a9e ok", "\U0001f389\U0001f389 fun", "plain text",
-                 "\u4e2d\u6587\u6587\u672c\u7684\u6d4b\u8bd5\uff0c\u5305\u62ec\u6807\u70b9\u3002" * 3]:
-        ids = tok.encode(text)
-        strs = _token_strings(tok, ids)
-        assert len(strs) == len(ids) and "".join(strs) == text and not any("\ufffd" in s for s in strs)
-    assert _token_strings(tok, tok.encode("couldn\u2019t"))[-3:] == ["", "\u2019", "t"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        before = report_look.before_module(repo)
+    except RuntimeError as e:  # a checkout without the history (a source tarball, a shallow clone)
+        if REQUIRE:
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    old = os.path.dirname(before.report(run_dir, out=str(tmp_path / "before")))
+    b = browser
+    pages = sorted(os.path.relpath(p, old) for p in _pages(old))
+    assert sorted(os.path.relpath(p, site) for p in _pages(site)) == pages
+    shots, bad = [], {}
+    for rel in pages:
+        x, y = report_look.layout(b, os.path.join(old, rel)), report_look.layout(b, os.path.join(site, rel))
+        assert x["problems"] == [] and y["problems"] == [], rel
+        d = report_look.differences(x, y)
+        if d:
+            bad[rel] = d
+        if rel == "index.html" or rel.startswith(("neurons/", "heads/")) and not any(s[0].startswith(rel[:5]) for s in shots):
+            for tag, got in (("before", x), ("after", y)):
+                path = tmp_path / f"{rel.replace('/', '_')}.{tag}.png"
+                path.write_bytes(got["png"])
+            shots.append((rel, str(tmp_path / f"{rel.replace('/', '_')}.before.png"),
+                          str(tmp_path / f"{rel.replace('/', '_')}.after.png")))
+    for rel, p0, p1 in shots:
+        print(f"screenshots of {rel}: before {p0}, after {p1}")
+    assert not bad, "\n".join(f"{k}:\n  " + "\n  ".join(v) for k, v in bad.items())
+    size = {k: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+            for k, d in (("before", old), ("after", site))}
+    print(f"report of the test run: {len(pages)} pages, {size['before']:,} bytes before, {size['after']:,} after")
+    assert size["after"] < size["before"] / 2
 
 
 def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):

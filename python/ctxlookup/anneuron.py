@@ -143,7 +143,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     """One pass over ``corpus``: every neuron's activation (``[positions, len(neurons)]``, float32)
     and the model's top prediction (``[positions]``) at every position but BOS, and the number of
     documents read. ``progress``: a tqdm bar over documents."""
-    from .search import _as_corpus, _doc_tokens, _progress
+    from .search import _as_corpus, doc_tokens, progress_bar
 
     neurons = [(int(l), int(i)) for l, i in neurons]
     for l, i in neurons:
@@ -156,7 +156,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     acts, tops, buf = [], [], []
 
     def flush():
-        toks = [t for t in _doc_tokens(model, buf, True, max_tokens) if len(t) > 1]
+        toks = [t for t in doc_tokens(model, buf, True, max_tokens) if len(t) > 1]
         n_read = len(buf)
         buf.clear()
         if toks:
@@ -171,7 +171,7 @@ def _neuron_positions(model, neurons, corpus, max_docs, max_tokens, batch_tokens
     bar = None
     if progress:
         total = corpus.count()
-        bar = _progress(total=total if max_docs is None else min(total, max_docs), desc="next-token evidence")
+        bar = progress_bar(total=total if max_docs is None else min(total, max_docs), desc="next-token evidence")
     tok_count, n_docs = 0, 0
     try:
         for doc in corpus:

@@ -17,7 +17,7 @@ import pandas as pd
 from . import _core
 
 __all__ = ["head_attribution", "select_heads", "ablate_heads", "prompt_tokens", "eligible_layers", "active_heads",
-           "mean_z"]
+           "mean_z", "active_threshold", "token_batches"]
 
 ACTIVE_RULES = ("mean+2sd", "top3")
 
@@ -72,8 +72,7 @@ def active_heads(scores: np.ndarray, active_rule: str = "mean+2sd") -> np.ndarra
     ``torch.topk(k=3)``; ties to the lower index)."""
     s = np.asarray(scores, dtype=np.float64)
     if active_rule == "mean+2sd":
-        thr = s.mean() + 2 * s.std(ddof=1) if s.size > 1 else np.inf
-        return s > thr
+        return s > active_threshold(s, active_rule)
     if active_rule == "top3":
         out = np.zeros(s.shape, bool)
         out[np.argsort(-s, kind="stable")[:3]] = True
@@ -81,7 +80,21 @@ def active_heads(scores: np.ndarray, active_rule: str = "mean+2sd") -> np.ndarra
     raise ValueError(f"active_rule must be one of {', '.join(ACTIVE_RULES)}, got '{active_rule}'")
 
 
-def _batches(lengths, batch_tokens):
+def active_threshold(scores: np.ndarray, active_rule: str = "mean+2sd") -> float:
+    """The score a head had to exceed to count as active on one prompt (``scores``: the prompt's
+    eligible heads): mean + 2 sample standard deviations for ``"mean+2sd"``; for ``"top3"``, just
+    below the third largest score (ties at it are broken by index, see :func:`active_heads`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if active_rule == "mean+2sd":
+        return float(s.mean() + 2 * s.std(ddof=1)) if s.size > 1 else float("inf")
+    if active_rule == "top3":
+        return float(np.nextafter(np.sort(s)[-3], -np.inf)) if s.size >= 3 else float("-inf")
+    raise ValueError(f"active_rule must be one of {', '.join(ACTIVE_RULES)}, got '{active_rule}'")
+
+
+def token_batches(lengths, batch_tokens):
+    """Indices of sequences (``lengths``) grouped shortest first into batches of at most
+    ``batch_tokens`` tokens in all (a longer sequence alone)."""
     order = np.argsort(lengths, kind="stable")
     i = 0
     while i < len(order):
@@ -123,7 +136,7 @@ def head_attribution(model, prompts: pd.DataFrame, rule: Optional[str] = None, b
     pids = prompts["prompt_id"].to_numpy()
     scores = np.empty((len(toks), model.cfg.n_layers, H), np.float32)
     acts = np.empty(len(toks), np.float32)
-    for idx in _batches(lengths, batch_tokens):
+    for idx in token_batches(lengths, batch_tokens):
         s, a = _core.attribute_batch(model._core, np.concatenate([toks[i] for i in idx]), lengths[idx].astype(np.int32),
                                      layers[idx], neurons[idx])
         scores[idx], acts[idx] = s, a
@@ -233,7 +246,7 @@ def ablate_heads(model, prompts: pd.DataFrame, heads: pd.DataFrame, attribution:
 
     def last_probs(idx, **kw):
         out = np.empty(len(idx))
-        for sub in _batches(lengths[idx], batch_tokens):
+        for sub in token_batches(lengths[idx], batch_tokens):
             rows = idx[sub]
             last = model.run_with_hooks([toks[i] for i in rows], logits_pos="last", **kw)
             out[sub] = _softmax_prob(last, token_ids[rows])
@@ -276,7 +289,7 @@ def _mean_z(model, toks: list, batch_tokens: int) -> np.ndarray:
     n = 0
     lengths = np.array([len(t) for t in toks])
     names = [f"blocks.{l}.attn.hook_z" for l in range(c.n_layers)]
-    for idx in _batches(lengths, batch_tokens):
+    for idx in token_batches(lengths, batch_tokens):
         _, cache = model.run_with_cache([toks[i] for i in idx], names_filter=lambda k: k in names)
         for b, i in enumerate(idx):
             for l, k in enumerate(names):

@@ -281,15 +281,15 @@ def _add_report(sub):
     p.add_argument("--out", help="where to write it (default: RUN_DIR/report)")
     p.add_argument("--model", help="the model folder, if it moved since the run (default: the manifest's)")
     p.add_argument("--no-model", action="store_true",
-                   help="do not load the model: no per-token colours (default: the model is loaded)")
+                   help="never load the model (a run made before the examples stage then shows no per-token colours; default: load it only for such a run)")
     p.add_argument("--corpus", help="the prompts' corpus, if it moved since the run (default: the manifest's)")
     p.add_argument("--test-corpus", help="the test prompts' corpus, if it moved since the run (default: the manifest's)")
-    p.add_argument("--page-size", type=_count(1), default=100, help="rows per page of the plain lists")
-    p.add_argument("--before", type=_count(0), default=40, help="tokens shown before each maximum")
-    p.add_argument("--after", type=_count(0), default=10, help="tokens shown after each maximum")
+    p.add_argument("--page-size", type=_count(1), default=100, help="rows per page of the plain lists (default 100)")
+    p.add_argument("--before", type=_count(0), default=40, help="tokens shown before each maximum (default 40)")
+    p.add_argument("--after", type=_count(0), default=10, help="tokens shown after each maximum (default 10)")
     p.add_argument("--context", choices=["document", "prompt"], default="document",
-                   help="recompute activations on the documents (as the scan saw them) or on the truncated prompts "
-                        "alone (faster, no corpus needed)")
+                   help="activations on the documents (default, as the scan saw them and the examples stage "
+                        "stored them) or computed on the truncated prompts alone (no corpus needed)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (default: shown)")
     _common(p)

@@ -17,7 +17,8 @@ import pandas as pd
 from . import _core
 
 __all__ = ["next_token_neurons", "random_neurons", "mutual_exclusive_congruence", "detect_glitch_tokens",
-           "default_layers", "token_strings", "congruence", "token_counts", "frequency_direction"]
+           "default_layers", "token_strings", "congruence", "token_counts", "frequency_direction",
+           "top_congruent"]
 
 
 def default_layers(model) -> tuple:
@@ -67,6 +68,39 @@ def congruence(model, layer: int, neurons: Optional[Sequence[int]] = None, direc
     if neurons is not None:
         W = W[np.asarray(neurons)]
     return W @ _token_matrix(model, direction).T
+
+
+def top_congruent(model, neurons, k: int = 10, k_neg: int = 5, direction: str = "unembed",
+                  excluded: Optional[Sequence[int]] = None) -> pd.DataFrame:
+    """Each neuron's ``k`` most and ``k_neg`` least congruent tokens (the ``excluded`` token ids left
+    out): ``[layer, neuron, side ("top"/"bottom"), rank, token_id, token, congruence]``, the top
+    tokens by decreasing congruence, the bottom ones by increasing."""
+    strs = token_strings(model)
+    mask = np.zeros(model.cfg.d_vocab, bool)
+    if excluded is not None:
+        ids = np.asarray(list(excluded), np.int64)
+        mask[ids[(ids >= 0) & (ids < len(mask))]] = True
+    by_layer: dict = {}
+    for l, n in sorted({(int(a), int(b)) for a, b in neurons}):
+        by_layer.setdefault(l, []).append(n)
+    rows = []
+    for l, ns in by_layer.items():
+        for c0 in range(0, len(ns), 256):
+            chunk = ns[c0:c0 + 256]
+            C = congruence(model, l, chunk, direction).astype(np.float32)      # (chunk, d_vocab)
+            hi = np.where(mask, -np.inf, C)
+            lo = np.where(mask, np.inf, C)
+            for r, n in enumerate(chunk):
+                top = np.argpartition(-hi[r], min(k, hi.shape[1] - 1))[:k]
+                top = top[np.argsort(-hi[r][top])]
+                bot = np.argpartition(lo[r], min(k_neg, lo.shape[1] - 1))[:k_neg]
+                bot = bot[np.argsort(lo[r][bot])]
+                for side, ids in (("top", top), ("bottom", bot)):
+                    rows += [dict(layer=l, neuron=n, side=side, rank=j, token_id=int(t), token=strs[t],
+                                  congruence=float(C[r, t])) for j, t in enumerate(ids)]
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "side", "rank", "token_id", "token", "congruence"])
+    df.attrs.update(direction=direction, n_excluded=int(mask.sum()), k=int(k), k_neg=int(k_neg))
+    return df.astype({"token": "object"})
 
 
 def whole_word_mask(strings: Sequence[Optional[str]]) -> np.ndarray:

@@ -62,7 +62,7 @@ def _scan_task(model, batches, spec) -> dict:
 
 
 def _doc_tokens(model, texts, prepend_bos, max_tokens):
-    from .search import _doc_tokens as tokens
+    from .search import doc_tokens as tokens
 
     return tokens(model, texts, prepend_bos, max_tokens)
 

@@ -30,7 +30,7 @@ def _env():
 
 def _windows(atlas, model, corpus, before, after, band_before, band_after, progress):
     """{(layer, neuron, table, row index): (token strings, activations, index of the maximum)}."""
-    from .search import _doc_tokens
+    from .search import doc_tokens as _doc_tokens
 
     top, quant = atlas["top_examples"], atlas["quantile_examples"]
     need = defaultdict(list)  # doc -> [(key, layer, neuron, position, before, after)]

@@ -18,6 +18,8 @@ Stages, in order (each is also a subcommand; running one runs what it needs firs
                    (``next_token_evidence``: does its activation predict its token being the top
                    prediction?), and are the next-token neurons so more often than the random
                    ones (Fisher's exact test)? ``--evidence-docs`` documents (500; 0 skips it)
+``examples``       for the report: each scanned document's tokens around its maximum with the
+                   neuron's activation on each, and each neuron's most and least congruent tokens
 =================  ============================================================================
 
 A run directory holds every stage's tables (Parquet and CSV), the figures, the LLM response cache
@@ -63,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 STAGES = ["neurons", "scan", "truncate", "test_scan", "test_truncate", "attribution", "select", "explain", "score",
-          "ablation", "stats", "evidence"]
+          "ablation", "stats", "evidence", "examples"]
 
 # the tables each stage writes
 OUTPUTS = {
@@ -79,6 +81,7 @@ OUTPUTS = {
     "ablation": ["ablation", "ablation_by_head"],
     "stats": ["statistics", "table3", "table4"],
     "evidence": ["evidence"],
+    "examples": ["examples", "test_examples", "top_tokens"],
 }
 
 
@@ -203,7 +206,8 @@ def default_out(opts: Options) -> str:
     return os.path.join("runs", f"{name}-{digest}")
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -438,7 +442,7 @@ class Run:
                     rec["schema"] = [[f.name, str(f.type)] for f in schema]
                 else:
                     df.to_csv(tmp, index=False)
-                rec[ext] = dict(sha256=_sha256(tmp), bytes=os.path.getsize(tmp))
+                rec[ext] = dict(sha256=file_sha256(tmp), bytes=os.path.getsize(tmp))
                 os.replace(tmp, self.path(name, ext))
                 tmp = None
         except BaseException as e:
@@ -502,7 +506,7 @@ class Run:
         p = os.path.join(self.dir, fname)
         if not os.path.isfile(p):
             return f"{fname} is missing"
-        if _sha256(p) != sha:
+        if file_sha256(p) != sha:
             return f"{fname} is not the file the stage wrote (sha256 differs)"
         return None
 
@@ -521,7 +525,7 @@ class Run:
             except Exception as e:
                 return f"{name} does not read ({type(e).__name__}: {e})"
             outputs[name] = {"schema": [[f.name, str(f.type)] for f in table.schema], "rows": int(table.num_rows),
-                             **{ext: dict(sha256=_sha256(self.path(name, ext)), bytes=os.path.getsize(self.path(name, ext)))
+                             **{ext: dict(sha256=file_sha256(self.path(name, ext)), bytes=os.path.getsize(self.path(name, ext)))
                                 for ext in ("parquet", "csv")}}
         rec["outputs"] = outputs
         return None
@@ -555,7 +559,7 @@ class Run:
             self._model = Model.from_pretrained(self.opts.model, fold_ln=p, center_writing_weights=p, center_unembed=p,
                                                 fold_value_biases=p)
             files = sorted(f for f in os.listdir(self._model.path) if os.path.isfile(os.path.join(self._model.path, f)))
-            hashes = {f: _sha256(os.path.join(self._model.path, f)) for f in files}
+            hashes = {f: file_sha256(os.path.join(self._model.path, f)) for f in files}
             before = self.manifest.get("model", {}).get("files")
             if before is not None and before != hashes:
                 changed = sorted(f for f in set(before) | set(hashes) if before.get(f) != hashes.get(f))
@@ -641,7 +645,7 @@ class Run:
                         _say(f"{' ' * len(tag)}  done in {rec['wall_s']:.1f} s")
                     figures = [f for f in attrs.get("figures", []) if isinstance(f, str)] if isinstance(attrs, dict) else []
                     if figures:
-                        rec["files"] = {f: _sha256(os.path.join(self.dir, f)) for f in figures}
+                        rec["files"] = {f: file_sha256(os.path.join(self.dir, f)) for f in figures}
                     if self._client is not None and hasattr(self._client, "usage"):
                         rec["llm_usage"] = _usage_dict(self._client)
                     if getattr(self._client, "cache_error", None):
@@ -901,6 +905,31 @@ class Run:
         if {"next_token", "random"} <= set(summary):
             out["vs_random"] = rising_comparison(ev)
         return {"evidence": out}
+
+    # ------------------------------------------------------------------ the report's data
+    def _stage_examples(self):
+        """What the report shows and no other stage stores: every scanned document's tokens around
+        its maximum, with the neuron's activation on each (:func:`ctxlookup.windows.example_windows`;
+        ``examples`` and ``test_examples``), and each neuron's most and least congruent tokens
+        (:func:`ctxlookup.neurons.top_congruent`; ``top_tokens``)."""
+        from .neurons import top_congruent
+        from .windows import example_windows
+
+        out = {}
+        for which, src, prompts, name in (("train", "max_acts", "prompts", "examples"),
+                                          ("test", "test_max_acts", "test_prompts", "test_examples")):
+            ma, pr = self.read(src), self.read(prompts)
+            docs = self.corpus(which).get(ma.doc_id.unique())
+            win = example_windows(self.model, ma, pr, texts={d: docs[d].text for d in docs},
+                                  prepend_bos=ma.attrs.get("prepend_bos", True), max_tokens=ma.attrs.get("max_tokens"),
+                                  prompt_bos=pr.attrs.get("prepend_bos", True), batch_tokens=self.opts.batch_tokens)
+            self.write(name, win)
+            out[name] = dict(win.attrs)
+        top = top_congruent(self.model, self._unique_neurons()[["layer", "neuron"]].values,
+                            direction=self.opts.direction, excluded=self.read("excluded_tokens").token_id.to_numpy())
+        self.write("top_tokens", top)
+        out["top_tokens"] = dict(top.attrs)
+        return out
 
 
 def _stage_title(stage: str, o: Options, p) -> str:

@@ -54,7 +54,7 @@ def _as_corpus(corpus) -> Corpus:
     return corpus if isinstance(corpus, Corpus) else Corpus(corpus)
 
 
-def _doc_tokens(model, texts, prepend_bos: bool, max_tokens: int):
+def doc_tokens(model, texts, prepend_bos: bool, max_tokens: int):
     """Tokenize documents -> list of int32 arrays (BOS first when asked), cut to max_tokens."""
     tok = model._need_tokenizer()
     rows = tok.encode_batch(list(texts))
@@ -66,7 +66,8 @@ def _doc_tokens(model, texts, prepend_bos: bool, max_tokens: int):
     return [r[:max_tokens] for r in rows]
 
 
-def _progress(total=None, desc="", unit="doc"):
+def progress_bar(total=None, desc="", unit="doc"):
+    """A tqdm bar (None without tqdm)."""
     try:
         from tqdm.auto import tqdm
 
@@ -130,7 +131,7 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
         np.savez(tmp, meta=json.dumps(dict(meta=meta, next_doc=next_doc, stats=stats, subsets=subsets)), **state)
         os.replace(tmp, checkpoint)
 
-    bar = _progress(total=corpus.count(), desc="scan") if progress else None
+    bar = progress_bar(total=corpus.count(), desc="scan") if progress else None
     if bar is not None and start_doc:
         bar.update(min(start_doc, bar.total or start_doc))
         bar.set_postfix_str(f"resumed at doc {start_doc}")
@@ -141,7 +142,7 @@ def max_activating(model, neurons, corpus, k: int = 20, max_tokens: Optional[int
         nonlocal buf_docs, buf_ids, buf_tok
         if not buf_docs:
             return
-        toks = _doc_tokens(model, [d.text for d in buf_docs], prepend_bos, max_tokens)
+        toks = doc_tokens(model, [d.text for d in buf_docs], prepend_bos, max_tokens)
         keep = [i for i, t in enumerate(toks) if len(t) > skip]
         stats["skipped_empty"] += len(toks) - len(keep)
         if keep:
@@ -207,7 +208,7 @@ def _scanner_task(model, batches, spec) -> dict:
     skip = 1 if spec["prepend_bos"] else 0
     stats, subsets = dict(docs=0, tokens=0, skipped_empty=0), {}
     for docs in batches:
-        toks = _doc_tokens(model, [d.text for d in docs], spec["prepend_bos"], spec["max_tokens"])
+        toks = doc_tokens(model, [d.text for d in docs], spec["prepend_bos"], spec["max_tokens"])
         keep = [i for i, t in enumerate(toks) if len(t) > skip]
         stats["skipped_empty"] += len(toks) - len(keep)
         stats["docs"] += len(docs)
@@ -271,11 +272,11 @@ def _max_activating_sharded(model, table, corpus, k, max_tokens, batch_tokens, p
 def _last_acts(model, prompts, layer_of, neuron_of, batch_tokens=16384, on_batch=None):
     """Activation of each prompt's neuron at its last token: batched forward passes to the layer.
     ``on_batch(n)`` is called after each batch of ``n`` prompts."""
-    from .attribution import _batches
+    from .attribution import token_batches
 
     out = np.empty(len(prompts), np.float32)
     lengths = np.array([len(p) for p in prompts])
-    for idx in _batches(lengths, batch_tokens):
+    for idx in token_batches(lengths, batch_tokens):
         _, acts = _core.attribute_batch(model._core, np.concatenate([prompts[x] for x in idx]).astype(np.int32),
                                         lengths[idx].astype(np.int32), np.array([layer_of[x] for x in idx], np.int32),
                                         np.array([neuron_of[x] for x in idx], np.int32))
@@ -336,7 +337,7 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
     max_tokens = max_acts.attrs.get("max_tokens", model.cfg.n_ctx)
     texts = {d: docs[d].text for d in docs}
     ids = list(texts)
-    toks = dict(zip(ids, _doc_tokens(model, [texts[i] for i in ids], scan_bos, max_tokens)))
+    toks = dict(zip(ids, doc_tokens(model, [texts[i] for i in ids], scan_bos, max_tokens)))
     skip = 1 if scan_bos else 0
     bos = np.array([model.bos_token_id], np.int32) if prepend_bos else np.zeros(0, np.int32)
     rows = list(max_acts.itertuples(index=False))
@@ -352,7 +353,7 @@ def truncate(model, max_acts: pd.DataFrame, corpus, keep: float = 0.8, max_promp
     L = [r.layer for r in rows]
     N = [r.neuron for r in rows]
 
-    bar = _progress(total=len(live), desc="truncate", unit="prompt") if progress else None
+    bar = progress_bar(total=len(live), desc="truncate", unit="prompt") if progress else None
     passes = [0]
 
     def counted(n):  # after each batch of forward passes

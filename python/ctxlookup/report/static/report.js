@@ -1,0 +1,153 @@
+/* ctxlookup report: the one script of every page (copied to static/report.js). It draws the
+   coloured tokens of the examples and runs the index's explorers; nothing is fetched. */
+(function () {
+  "use strict";
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+
+  // ---------------------------------------------------------------- coloured tokens
+  // Each neuron's examples live once in ../assets/examples/L{l}N{n}.js (window.CTXL_EXAMPLES:
+  // {scale, ex: {id: {f: first token, p: the maximum, s: the prompt's start or null,
+  // n: document tokens or null, t: token texts, a: activations in thousandths}}}), shared by the neuron's page
+  // and its heads' pages; each <div class="toks" data-ex="id"> is drawn from it.
+  function hex2(v) { return ("0" + Math.round(255 * v).toString(16)).slice(-2); }
+  function colour(a, scale) {
+    if (a === null || !isFinite(a) || scale <= 0) return "transparent";
+    var x = Math.max(-1, Math.min(1, a / scale));
+    return x >= 0 ? "#ff7a00" + hex2(0.04 + 0.86 * x) : "#2878ff" + hex2(0.04 + 0.56 * -x);
+  }
+  function visible(s) { return s === "" ? "\u2205" : s.replace(/\r\n|\n|\r/g, "\u21b5").replace(/\t/g, "\u21e5"); }
+  function span(cls, title, text) { var e = el("span", cls, text); if (title) e.title = title; return e; }
+  function drawTokens(div, x, scale) {
+    var out = document.createDocumentFragment();
+    if (x.f > 0) out.appendChild(span("ell", "earlier tokens not shown", "\u2026"));
+    for (var i = 0; i < x.t.length; i++) {
+      var d = x.f + i, s = x.t[i], a = x.a[i] === null ? null : Number.isInteger(x.a[i]) ? x.a[i] / 1000 : x.a[i];
+      if (x.s !== null && d === x.s && x.s > 0) out.appendChild(span("cut", "the truncated prompt starts here"));
+      var cls = "tok" + (d === x.p ? " max" : "") + ((x.s !== null && d < x.s) || d > x.p ? " out" : "");
+      var label = s === "" ? "(the first bytes of the next token's character)" : "'" + visible(s) + "'";
+      if (s === "") cls += " part";
+      var t = span(cls, label + (a === null || !isFinite(a) ? "" : " \u00b7 " + a.toFixed(3)), s ? visible(s) : "");
+      t.style.background = colour(a, scale);
+      out.appendChild(t);
+    }
+    if (x.n !== null && x.f + x.t.length < x.n) out.appendChild(span("ell", "later tokens not shown", "\u2026"));
+    div.textContent = "";
+    div.appendChild(out);
+  }
+  var EX = window.CTXL_EXAMPLES;
+  var boxes = document.querySelectorAll(".toks[data-ex]");
+  for (var b = 0; b < boxes.length; b++) {
+    var x = EX && EX.ex[boxes[b].getAttribute("data-ex")];
+    if (x) drawTokens(boxes[b], x, EX.scale);
+  }
+
+  // ---------------------------------------------------------------- the index's explorers
+  // Searchable, sortable, paged tables of window.CTXL_INDEX (assets/index-data.js).
+  function fmt(v, kind) {
+    if (v === null || v === undefined || (typeof v === "number" && !isFinite(v))) return "\u2013";
+    if (kind === "pct") return Math.round(100 * v) + "%";
+    if (typeof v === "number") {
+      if (Number.isInteger(v) && kind !== "float") return String(v);
+      if (v === 0) return "0";
+      var a = Math.abs(v);
+      return (a >= 1e-3 && a < 1e5) ? v.toFixed(3) : v.toExponential(2);
+    }
+    return String(v);
+  }
+  function plain(v) { return (v !== null && typeof v === "object") ? v.t : v; }
+  function Explorer(root, spec) {
+    var cols = spec.columns, rows = spec.rows;
+    var keys = rows.map(function (r) {
+      return r.map(function (v) { var x = plain(v); return x === null || x === undefined ? "" : String(x); })
+              .join(" \u0001 ").toLowerCase();
+    });
+    var state = {q: "", col: -1, dir: 1, page: 0, size: 50, view: rows.map(function (_, i) { return i; })};
+    var input = root.querySelector("input[type=search]");
+    var sizeSel = root.querySelector("select");
+    var prev = root.querySelector("button.prev"), next = root.querySelector("button.next");
+    var info = root.querySelector(".info");
+    var table = root.querySelector("table"), thead = table.querySelector("thead"), tbody = table.querySelector("tbody");
+    var hr = el("tr");
+    cols.forEach(function (c, j) {
+      var th = el("th", c.num ? "num" : "", c.label);
+      th.title = "sort by " + c.label;
+      th.addEventListener("click", function () {
+        if (state.col === j) state.dir = -state.dir; else { state.col = j; state.dir = c.num ? -1 : 1; }
+        state.page = 0; refilter();
+      });
+      hr.appendChild(th);
+    });
+    thead.innerHTML = "";
+    thead.appendChild(hr);
+    function refilter() {
+      var q = state.q.toLowerCase().trim().split(/\s+/).filter(Boolean);
+      var v = [];
+      for (var i = 0; i < rows.length; i++) {
+        var ok = true;
+        for (var t = 0; t < q.length; t++) if (keys[i].indexOf(q[t]) < 0) { ok = false; break; }
+        if (ok) v.push(i);
+      }
+      if (state.col >= 0) {
+        var j = state.col, d = state.dir;
+        v.sort(function (a, b) {
+          var x = plain(rows[a][j]), y = plain(rows[b][j]);
+          var xm = x === null || x === undefined || x === "", ym = y === null || y === undefined || y === "";
+          if (xm || ym) return xm === ym ? a - b : (xm ? 1 : -1);
+          if (x < y) return -d;
+          if (x > y) return d;
+          return a - b;
+        });
+      }
+      state.view = v;
+      render();
+    }
+    function render() {
+      var n = state.view.length, pages = Math.max(1, Math.ceil(n / state.size));
+      if (state.page >= pages) state.page = pages - 1;
+      var lo = state.page * state.size, hi = Math.min(n, lo + state.size);
+      tbody.innerHTML = "";
+      for (var k = lo; k < hi; k++) {
+        var r = rows[state.view[k]], tr = el("tr");
+        for (var j = 0; j < cols.length; j++) {
+          var c = cols[j], v = r[j], td = el("td", c.num ? "num" : (c.kind === "token" ? "tk" : ""));
+          if (v !== null && typeof v === "object" && v.h) {
+            var a = el("a", "", v.t);
+            a.href = v.h;
+            td.appendChild(a);
+          } else {
+            td.textContent = fmt(plain(v), c.kind);
+          }
+          tr.appendChild(td);
+        }
+        tbody.appendChild(tr);
+      }
+      Array.prototype.forEach.call(thead.querySelectorAll("th"), function (th, j) {
+        th.className = (cols[j].num ? "num " : "") + (j === state.col ? (state.dir > 0 ? "asc" : "desc") : "");
+      });
+      info.textContent = rows.length === 0 ? "none in this run" : n === 0 ? "no match" :
+        ("showing " + (lo + 1) + "\u2013" + hi + " of " + n + (n < rows.length ? " (filtered from " + rows.length + ")" : "") +
+         " \u00b7 page " + (state.page + 1) + " of " + pages);
+      prev.disabled = state.page === 0;
+      next.disabled = state.page >= pages - 1;
+    }
+    input.addEventListener("input", function () { state.q = input.value; state.page = 0; refilter(); });
+    sizeSel.addEventListener("change", function () { state.size = parseInt(sizeSel.value, 10) || 50; state.page = 0; render(); });
+    prev.addEventListener("click", function () { if (state.page > 0) { state.page--; render(); } });
+    next.addEventListener("click", function () { state.page++; render(); });
+    state.size = parseInt(sizeSel.value, 10) || 50;
+    refilter();
+    root.setAttribute("data-ready", "1");
+  }
+  var DATA = window.CTXL_INDEX;
+  var roots = document.querySelectorAll("[data-explorer]");
+  for (var i = 0; i < roots.length; i++) {
+    var name = roots[i].getAttribute("data-explorer");
+    if (DATA && DATA[name]) Explorer(roots[i], DATA[name]);
+    else roots[i].querySelector(".info").textContent = "the explorer's data (assets/index-data.js) did not load; use the plain lists below";
+  }
+})();
