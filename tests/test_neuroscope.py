@@ -18,7 +18,7 @@ import ctxlookup
 from ctxlookup import _core
 from ctxlookup.corpus import Corpus
 from ctxlookup.neuroscope import TABLES, Atlas, neuroscope
-from ctxlookup.search import _doc_tokens
+from ctxlookup.search import doc_tokens as _doc_tokens
 
 WORDS = ("the cat sat on a mat while seven dogs ran across green fields and river banks in "
          "autumn light , . ; numbers 12 345 6789 code def return if else").split()
