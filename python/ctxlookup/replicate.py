@@ -953,6 +953,7 @@ def _stage_title(stage: str, o: Options, p) -> str:
         "evidence": f"the an-neuron check on {min(o.evidence_docs, o.max_docs or o.evidence_docs)} test documents"
                     if o.evidence_docs else
                     "the an-neuron check (skipped: --evidence-docs 0)",
+        "examples": "each scanned document's tokens around its maximum, with the neuron's activation, for the report",
     }[stage]
 
 
