@@ -874,7 +874,9 @@ class Run:
                        title=f"Head explanation scores ({self.opts.model})", style=self.protocol.figure_style)
         comp = self.read("ablation_by_head")
         comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
-        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"), style=self.protocol.figure_style)
+        # figure6's own names for the two forms: the paper's box plots, or ctxlookup's overlaid histograms
+        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"),
+                        style="paper" if self.protocol.figure_style == "paper" else "histogram")
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
 
