@@ -266,7 +266,8 @@ def test_authors_2023_protocol_sends_the_requests_the_replay_builds(text_model_d
         run = replicate(text_model_dir, out, corpus=corpora[0], test_corpus=corpora[1], explainer="openai",
                         base_url=srv.base_url, llm_model="gpt-4-1106-preview", protocol="authors-2023",
                         until="score", **opts)
-        sent = [r["body"] for r in srv.requests]
+        # the method's requests (the run's one-token server check before the first stage aside)
+        sent = [r["body"] for r in srv.requests if r["body"]["messages"][-1]["content"] != "Say yes."]
     m = run.manifest
     assert m["protocol"]["name"] == "authors-2023" and m["protocol"]["active_rule"] == "top3"
     assert m["stages"]["attribution"]["attrs"]["attribution"]["active_rule"] == "top3"
@@ -510,7 +511,7 @@ def test_damaged_run_files_give_named_errors(text_model_dir, corpora, tmp_path, 
         assert cli.main(["replicate", "neurons", "--model", text_model_dir, "--out", out, "--corpus", corpora[0],
                          "--test-corpus", corpora[1], "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"ctxlookup replicate: {mpath} is damaged") and err.count("\n") == 1
+        assert err.startswith(f"ctxlookup replicate: error: {mpath} is damaged") and err.count("\n") == 1
     open(mpath, "wb").write(good)
     # a damaged scan checkpoint (a killed scan leaves one): removed, the scan starts over
     ckpt = os.path.join(out, "max_acts.ckpt.npz")
@@ -544,8 +545,9 @@ def test_full_disk_is_a_named_error_and_leaves_no_partial_files(text_model_dir, 
                      "--test-corpus", corpora[1], "--layers", "1,2", "--neurons-per-layer", "3", "--random-per-layer",
                      "2", "--prompts-per-neuron", "6", "--test-prompts-per-neuron", "4", "--table3", "3,6",
                      "--no-progress", "--batch-tokens", "2048"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ctxlookup replicate: no space left") and err.count("\n") == 1 and "Traceback" not in err
+    err = capsys.readouterr().err.splitlines()  # the stage's announcement, then the error
+    assert err[-1].startswith("ctxlookup replicate: error: no space left") and "Traceback" not in "\n".join(err)
+    assert [line for line in err if not line.startswith("[")] == err[-1:]
     assert glob.glob(os.path.join(out, "*.incomplete*")) == []
     # the manifest itself on a full disk
     os.symlink("/dev/full", os.path.join(out, "manifest.json.incomplete"))
