@@ -631,7 +631,7 @@ def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):
     assert cli.main(["report", bad, "--out", str(tmp_path / "site"), "--no-model", "--context", "prompt",
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == f"ctxlookup report: {msg}\n"
+    assert err.startswith(f"ctxlookup report: error: {' '.join(msg.split())}") and err.count("\n") == 1
     assert cli.main(words[1:] + ["--no-progress"]) == 0      # the named command repairs the run
     capsys.readouterr()
     pd.testing.assert_frame_equal(pd.read_parquet(p), pd.read_parquet(os.path.join(run_dir, "neurons.parquet")))
@@ -655,4 +655,4 @@ def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):
         report(bad, **fast)
     assert cli.main(["report", bad, "--no-model"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"ctxlookup report: {mpath} is damaged") and err.count("\n") == 1
+    assert err.startswith(f"ctxlookup report: error: {mpath} is damaged") and err.count("\n") == 1
