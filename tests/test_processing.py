@@ -1,6 +1,7 @@
 """Weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases) against
 TransformerLens on the same weights: TransformerBridge.boot_transformers + enable_compatibility_mode
 gives HookedTransformer.from_pretrained's numbers. Tolerance: conftest.ATOL."""
+import copy
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ PROC = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold
 
 def _bridge(folder, hf):
     tb = pytest.importorskip("transformer_lens.model_bridge")
-    b = tb.TransformerBridge.boot_transformers(folder, hf_model=hf)
+    b = tb.TransformerBridge.boot_transformers(folder, hf_model=copy.deepcopy(hf))  # processing folds weights in place: never the shared fixture model
     b.enable_compatibility_mode(disable_warnings=True)
     b.set_use_attn_result(True)
     return b

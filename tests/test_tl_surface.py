@@ -2,6 +2,7 @@
 ActivationCache's indexing and helpers, against TransformerLens on the same weights
 (TransformerBridge.boot_transformers + enable_compatibility_mode, as tests/test_processing.py).
 Tolerance: conftest.ATOL."""
+import copy
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ PROC = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold
 
 
 def _bridge(folder, hf, processed=True):
-    b = tb.TransformerBridge.boot_transformers(folder, hf_model=hf)
+    b = tb.TransformerBridge.boot_transformers(folder, hf_model=copy.deepcopy(hf))  # processing folds weights in place: never the shared fixture model
     b.enable_compatibility_mode(disable_warnings=True, no_processing=not processed)
     b.set_use_attn_result(True)
     b.cfg.default_prepend_bos = True
