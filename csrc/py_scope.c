@@ -185,14 +185,7 @@ static PyTypeObject ScopeType = {
     .tp_new = PyType_GenericNew,
 };
 
-static PyArrayObject *arr1(PyObject *o, int type, const char *what) {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(o, type, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
-    if (!a && PyErr_ExceptionMatches(PyExc_ValueError)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be a 1-D array", what);
-    }
-    return a;
-}
+static PyArrayObject *arr1(PyObject *o, int type, const char *what) { return clpy_array(o, type, 1, what); }
 
 /* The baseline's observer: reads nothing, so the forward runs to the last block's mlp.hook_post. */
 static cl_status noop_observe(void *ctx, int layer, const float *data, size_t stride, size_t N, const int32_t *start,
