@@ -44,7 +44,8 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(m["model"]["files"])
     assert all(len(h) == 64 for h in m["model"]["files"].values())
     assert m["options"]["explainer"] == "offline" and m["options_key"]["table3"] == [3, 6]
-    from ctxlookup.explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
+    from ctxlookup.explain import EXPLAIN_TEMPLATE
+    from ctxlookup.score import CLASSIFY_TEMPLATE
     assert m["templates"]["version"] == "2024" and m["protocol"]["name"] == "paper"  # the default protocol
     assert m["templates"]["explain"].endswith("In two to three sentences, suggest when the attention head is active.")
     assert EXPLAIN_TEMPLATE != m["templates"]["explain"] and CLASSIFY_TEMPLATE != m["templates"]["classify"]
@@ -217,7 +218,7 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     else; evidence_docs=0 writes an empty table; a negative count is refused before any work."""
     import shutil
 
-    from ctxlookup.anneuron import EVIDENCE_COLUMNS
+    from ctxlookup.evidence import EVIDENCE_COLUMNS
     from ctxlookup.replicate import evidence_summary
 
     out = str(tmp_path / "run")
@@ -256,7 +257,8 @@ def test_authors_2023_protocol_sends_the_requests_the_replay_builds(text_model_d
     from mock_openai import MockOpenAI
 
     from ctxlookup.authors import RecordedAnswers
-    from ctxlookup.explain import explain_heads, score_explanations
+    from ctxlookup.explain import explain_heads
+    from ctxlookup.score import score_explanations
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
     out = str(tmp_path / "run")

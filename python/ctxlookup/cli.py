@@ -308,7 +308,7 @@ def _run_report(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = _Parser(prog="ctxlookup", description="Interpreting context look-ups in transformers.")
     p.add_argument("--version", action="version", version=f"ctxlookup {__version__}",

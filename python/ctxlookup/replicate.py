@@ -180,7 +180,8 @@ class Options:
 def _templates(version: str) -> dict:
     """The prompt texts a run sends, for its manifest: ctxlookup's templates, or, for the authors'
     versions (assembled piece by piece in explain.py), each request built with placeholders."""
-    from .explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE, build_classify_prompt, build_explain_prompt
+    from .explain import EXPLAIN_TEMPLATE, build_explain_prompt
+    from .score import CLASSIFY_TEMPLATE, build_classify_prompt
 
     if version == "ctxlookup":
         return dict(version=version, explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE)
@@ -373,7 +374,7 @@ class Run:
                 raise RunMismatch(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
                                  f"use another --out, or the same options to resume")
             return m
-        from . import __version__
+        from ._version import __version__
 
         return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
@@ -697,7 +698,7 @@ class Run:
         return self.read("neurons").drop_duplicates(["layer", "neuron"])[["layer", "neuron", "token_id", "token"]]
 
     def _scan(self, which: str, k: int, name: str):
-        from .search import max_activating
+        from .scan import max_activating
 
         ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
                             batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
@@ -716,7 +717,7 @@ class Run:
         return self._scan("test", k, "test_max_acts")
 
     def _truncate(self, src: str, name: str, which: str):
-        from .search import truncate
+        from .truncate import truncate
 
         ma = self.read(src)
         tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
@@ -766,7 +767,7 @@ class Run:
         return self._first_prompts(self.read("prompts"), n)
 
     def _select(self, n: Optional[int]) -> pd.DataFrame:
-        from .attribution import select_heads
+        from .selection import select_heads
 
         prompts = self._prompts_upto(n)
         att = self.read("attribution")
@@ -802,7 +803,7 @@ class Run:
         return {}
 
     def _stage_score(self):
-        from .explain import score_explanations
+        from .score import score_explanations
 
         ex, rows, preds = self.read("explanations"), [], []
         for n in self._prompt_counts():
@@ -821,7 +822,7 @@ class Run:
         return {}
 
     def _stage_ablation(self):
-        from .attribution import ablate_heads
+        from .ablation import ablate_heads
         from .stats import ablation_comparison
 
         n = self.protocol.prompts_per_neuron
@@ -842,7 +843,7 @@ class Run:
         return {"ablation_by_head": {"ks": ks, "prompts": self.protocol.ablation_prompts}}
 
     def _stage_stats(self):
-        from .stats import figure5, figure6, score_statistics, subset_counts
+        from .stats import ablation_plot, score_histogram, score_statistics, subset_counts
 
         scores, n, ddof = self.read("scores"), self.protocol.prompts_per_neuron, self.protocol.ddof
         main = scores[scores.n_prompts_per_neuron == n]
@@ -862,11 +863,11 @@ class Run:
         prompts = self._prompts_upto(n)
         t4 = subset_counts(prompts, self.read("attribution"), heads)
         self.write("table4", t4.assign(subsets=t4.subsets.map(lambda s: ",".join(map(str, s)))))
-        figs = figure5(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
+        figs = score_histogram(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
                        title=f"Head explanation scores ({self.opts.model})", style=self.protocol.figure_style)
         comp = self.read("ablation_by_head")
         comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
-        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"), style=self.protocol.figure_style)
+        figs += ablation_plot(comp, path_base=os.path.join(self.dir, "figure6"), style=self.protocol.figure_style)
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
 
@@ -874,7 +875,7 @@ class Run:
         """The an-neuron post's check on every selected neuron (not part of the paper's method): on
         the test corpus, does the neuron's activation predict its token being the model's top
         prediction (:func:`ctxlookup.next_token_evidence`)?"""
-        from .anneuron import EVIDENCE_COLUMNS, next_token_evidence
+        from .evidence import EVIDENCE_COLUMNS, next_token_evidence
         from .stats import rising_comparison
 
         neurons = self._unique_neurons()
