@@ -160,13 +160,15 @@ def _frequency_z(model, counts, n_real) -> np.ndarray:
     return (p - med) / mad
 
 
-def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
-    """How often each token id occurs in the first ``max_docs`` documents of ``corpus`` (int64, d_vocab)."""
+def token_counts(model, corpus, max_docs: int = 2000, token_cache=None) -> np.ndarray:
+    """How often each token id occurs in the first ``max_docs`` documents of ``corpus`` (int64,
+    d_vocab). ``token_cache``: the corpus's :class:`ctxlookup.batching.DocTokens`."""
+    from .batching import doc_tokens, first
+
     if model.tokenizer is None:
         raise ValueError("token counts need the model's tokenizer")
     V = model.cfg.d_vocab
-    texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
-    encoded = model.tokenizer.encode_batch(texts)
+    encoded = doc_tokens(model, list(first(corpus, max_docs)), prepend_bos=False, cache=token_cache)
     ids = np.concatenate(encoded) if encoded else np.zeros(0, np.int32)
     return np.bincount(ids[ids < V], minlength=V).astype(np.int64, copy=False)
 

@@ -345,6 +345,8 @@ class Run:
         self._client = None
         self._written: Dict[str, dict] = {}
         self.tables: Dict[str, pd.DataFrame] = {}
+        self._token_caches: dict = {}  # corpus ("train", "test") -> its documents encoded once (batching.DocTokens)
+        self._head_scores: Dict[str, np.ndarray] = {}  # prompts table -> truncation's head scores of its rows
 
     # ------------------------------------------------------------------ manifest
     def _read_manifest_file(self) -> dict:
@@ -393,6 +395,7 @@ class Run:
         if now != self._manifest_id and now is not None:
             self.manifest = self._load_manifest()
             self.tables.clear()
+            self._head_scores.clear()
             self._model = None   # re-checked against the manifest's model files when next used
             self._client = None
 
@@ -584,6 +587,13 @@ class Run:
                 raise ValueError(f"explainer must be 'offline' or 'openai', got '{self.opts.explainer}'")
         return self._client
 
+    def token_cache(self, which: str):
+        """The ``which`` corpus's documents as encoded by the model's tokenizer, kept for the run's
+        later stages (:class:`ctxlookup.batching.DocTokens`)."""
+        from .batching import DocTokens
+
+        return self._token_caches.setdefault(which, DocTokens())
+
     def corpus(self, which: str):
         from .corpus import Corpus
 
@@ -676,7 +686,7 @@ class Run:
         d_layers, d_top = default_layers(m)
         layers = self.opts.layers or d_layers
         top = self.opts.neurons_per_layer or d_top
-        counts = token_counts(m, self.corpus("train"))  # the prompts' corpus: glitch check and frequency direction
+        counts = token_counts(m, self.corpus("train"), token_cache=self.token_cache("train"))  # the prompts' corpus: glitch check and frequency direction
         freq = counts if self.opts.remove_frequency else None
         nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction,
                                 glitch=detect_glitch_tokens(m, counts=counts), remove_frequency=freq,
@@ -702,7 +712,7 @@ class Run:
 
         ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
                             batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
-                            progress=self.opts.progress)
+                            progress=self.opts.progress, token_cache=self.token_cache(which))
         self.write(name, ma)
         return {name: {k2: v for k2, v in ma.attrs.items()}}
 
@@ -720,13 +730,19 @@ class Run:
         from .truncate import truncate
 
         ma = self.read(src)
+        # the final pass's head scores are the attribution of these prompts when it runs their tokens
+        keep_scores = not self.protocol.retokenize
         tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
-                      method=self.protocol.truncation, newlines=self.protocol.newlines, progress=self.opts.progress)
+                      method=self.protocol.truncation, newlines=self.protocol.newlines, progress=self.opts.progress,
+                      token_cache=self.token_cache(which), head_scores=keep_scores)
+        scores = tr.attrs.pop("head_scores", None)
         attrs = dict(tr.attrs)
         if name == "test_prompts":
             tr = self._first_prompts(tr, self.protocol.test_prompts_per_neuron)
             attrs["kept_per_neuron"] = self.protocol.test_prompts_per_neuron
         self.write(name, tr)
+        if scores is not None:
+            self._head_scores[name] = scores[tr.index.to_numpy()]
         return {name: attrs}
 
     def _stage_truncate(self):
@@ -741,8 +757,13 @@ class Run:
         out = {}
         for src, name in (("prompts", "attribution"), ("test_prompts", "test_attribution")):
             p = self.protocol
-            att = head_attribution(self.model, self.read(src), rule=p.rule, active_rule=p.active_rule,
-                                   retokenize=p.retokenize)
+            prompts = self.read(src)
+            # protocol ctxlookup: truncation already ran these very inputs and kept their head scores
+            scores = self._head_scores.get(src) if not p.retokenize else None
+            if scores is not None and len(scores) != len(prompts):
+                scores = None
+            att = head_attribution(self.model, prompts, rule=p.rule, active_rule=p.active_rule,
+                                   retokenize=p.retokenize, head_scores=scores)
             att.attrs.pop("activation", None)
             self.write(name, att)
             out[name] = dict(att.attrs)
@@ -867,7 +888,9 @@ class Run:
                        title=f"Head explanation scores ({self.opts.model})", style=self.protocol.figure_style)
         comp = self.read("ablation_by_head")
         comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
-        figs += ablation_plot(comp, path_base=os.path.join(self.dir, "figure6"), style=self.protocol.figure_style)
+        # the protocol's figure style: "paper", or "overlay" (overlaid histograms, for the ablation plot "histogram")
+        figs += ablation_plot(comp, path_base=os.path.join(self.dir, "figure6"),
+                              style="paper" if self.protocol.figure_style == "paper" else "histogram")
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
 
@@ -884,7 +907,8 @@ class Run:
             ev = pd.DataFrame(columns=EVIDENCE_COLUMNS + ["group"])
         else:
             ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
-                                     batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
+                                     batch_tokens=self.opts.batch_tokens, progress=self.opts.progress,
+                                     token_cache=self.token_cache("test"))
             docs = ev.attrs["n_docs"]
             binning = {k: ev.attrs[k] for k in ("bins", "binning", "min_positions")}
             # a row per neuron and group, as the scores (a neuron can be in both groups)
