@@ -3,27 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ctxlookup
 from ctxlookup.ablation import ablate_heads
 from ctxlookup.attribution import head_attribution
-
-
-def make_prompts(model, n=12, seed=0, bos=False):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        layer = int(rng.integers(0, model.cfg.n_layers))
-        rows.append(dict(layer=layer, neuron=int(rng.integers(0, model.cfg.d_mlp)), prompt_id=i,
-                         tokens=list(rng.integers(1, model.cfg.d_vocab, int(rng.integers(1, 20)))),
-                         token_id=int(rng.integers(0, model.cfg.d_vocab))))
-    df = pd.DataFrame(rows)
-    df.attrs["prepend_bos"] = bos
-    return df
-
-
-@pytest.fixture(scope="module", params=["gpt2-tied-gelu_new", "neox-parallel-rot0.25"])
-def model(request, checkpoint):
-    return ctxlookup.Model.load(checkpoint(request.param)[0], fold_ln=True, center_writing_weights=True, tokenizer=False)
+from test_attribution import make_prompts, model  # noqa: F401 (a fixture)
 
 
 def test_ablation_probabilities_match_python_hook(model):

@@ -4,27 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ctxlookup
-from conftest import SHARED
-from ctxlookup import Corpus, max_activating, truncate
-
-TINY = SHARED / "data" / "corpus" / "tiny.jsonl"
-NEURONS = [(1, 3), (2, 0), (2, 17), (2, 100)]
-
-
-@pytest.fixture(scope="module")
-def model(text_model_dir):
-    return ctxlookup.Model.load(text_model_dir, fold_ln=True, center_writing_weights=True, center_unembed=True)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return Corpus(TINY, limit=40)
-
-
-def act_at_last(model, toks, layer, neuron):
-    _, c = model.run_with_cache(np.asarray(toks)[None], names_filter=f"blocks.{layer}.mlp.hook_post", pos="last")
-    return float(c[f"blocks.{layer}.mlp.hook_post"][0, neuron])
+from ctxlookup import max_activating, truncate
+from test_scan import NEURONS, act_at_last, corpus, model  # noqa: F401 (fixtures)
 
 
 def _authors_trunc(model, toks, layer, neuron, og_act, act_ratio=0.8):

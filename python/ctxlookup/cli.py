@@ -256,8 +256,8 @@ def _run_replicate(args) -> int:
         print(run.read("statistics").to_string(index=False))
     for line in evidence_summary(manifest):
         print(line)
-    if hasattr(run._client, "usage_report"):
-        print(run._client.usage_report())
+    if hasattr(run.llm_client, "usage_report"):
+        print(run.llm_client.usage_report())
     print(f"stages complete: {', '.join(done) or 'none'}")
     print(f"run directory: {run.dir} (the results: tables as .parquet and .csv, figures as .png and .svg, "
           f"manifest.json)")

@@ -9,6 +9,7 @@ blockwise in C (OpenBLAS): never ``(n_neurons, d_vocab)`` at once.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -36,12 +37,15 @@ def token_strings(model) -> list:
     tok = model.tokenizer
     if tok is None:
         return [None] * model.cfg.d_vocab
-    cache = getattr(model, "_token_strings", None)
+    cache = _TOKEN_STRINGS.get(model)
     if cache is None:
         n = min(model.cfg.d_vocab, tok.vocab_size)
         cache = tok.to_str_tokens(np.arange(n, dtype=np.int32)) + [None] * (model.cfg.d_vocab - n)
-        model._token_strings = cache
+        _TOKEN_STRINGS[model] = cache
     return cache
+
+
+_TOKEN_STRINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its token strings
 
 
 def _token_matrix(model, direction: str) -> np.ndarray:

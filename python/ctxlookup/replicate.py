@@ -568,6 +568,11 @@ class Run:
         return self._model
 
     @property
+    def llm_client(self):
+        """The explainer the run's LLM stages used in this process (None when none ran)."""
+        return self._client
+
+    @property
     def client(self):
         if self._client is None:
             if self.opts.explainer == "offline":
