@@ -8,8 +8,8 @@ next-token neurons (:func:`next_token_neurons`), their max-activating prompts
 the an-neuron post's check of every neuron (:func:`next_token_evidence`) and its tools for one
 neuron (:mod:`ctxlookup.anneuron`). One module per stage: ``neurons``, ``scan``, ``truncate``,
 ``attribution``, ``selection``, ``explain``, ``score``, ``ablation``, ``stats``, ``evidence``;
-model input (BOS, batches, progress bars) is made in ``batching``; a run directory is
-``rundir``, the stages over it ``replicate``. Models: :class:`Model`. A run's HTML
+model input (BOS, batches, progress bars) is made in ``batching``; ``replicate`` runs the
+stages over a run directory. Models: :class:`Model`. A run's HTML
 report, and the same views in Jupyter: :mod:`ctxlookup.report` (``ctxlookup.report(run_dir)``). The
 paper's statistics and figures: :mod:`ctxlookup.stats`.
 """
