@@ -35,7 +35,7 @@ def main():
     import transformers
 
     import ctxlookup
-    from ctxlookup.search import doc_tokens
+    from ctxlookup.batching import doc_tokens
 
     torch.set_num_threads(args.threads)
     ctxlookup.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def main():
     rng = np.random.default_rng(0)
     neurons = [(l, int(n)) for l in layers for n in np.sort(rng.choice(3072, 20, replace=False))]
     docs = list(corpus)
-    toks = doc_tokens(model, [d.text for d in docs], True, model.cfg.n_ctx)
+    toks = doc_tokens(model, docs, True, model.cfg.n_ctx)
     n_tok = sum(len(t) for t in toks)
 
     # 1. ctxlookup scan
@@ -78,7 +78,7 @@ def main():
     plain()
     t_plain = time.perf_counter() - t0
     t0 = time.perf_counter()  # tokenizing is part of the scan: its share, alone
-    doc_tokens(model, [d.text for d in docs], True, model.cfg.n_ctx)
+    doc_tokens(model, docs, True, model.cfg.n_ctx)
     t_tok = time.perf_counter() - t0
 
     # 3. the authors' method: TransformerLens, batch 1, full forward, a hook per neuron

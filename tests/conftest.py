@@ -134,7 +134,7 @@ def max_err_rows(a, b, lengths, axis_pos=1):
 def text_model_dir(tmp_path_factory):
     """A random GPT-2 (small dims, the real GPT-2 vocabulary) with the real GPT-2 tokenizer files."""
     import shutil
-    from ctxlookup.io import random_checkpoint
+    from ctxlookup.checkpoints import random_checkpoint
 
     folder = tmp_path_factory.mktemp("text-gpt2")
     random_checkpoint(folder, arch="gpt2", n_layers=3, d_model=32, n_heads=4, d_vocab=50257, n_ctx=256, seed=3, std=0.3)

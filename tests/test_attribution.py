@@ -1,13 +1,13 @@
-"""Head attribution, selection and ablation against brute force: dot products of run_with_cache's
-hook_result with W_in for both eligibility rules, the mean + 2 std (ddof=1) active rule, the
-selection thresholds at their edges, and ablation probabilities against a Python-hook ablation."""
+"""Head attribution against brute force: dot products of run_with_cache's hook_result with W_in
+for both eligibility rules, the mean + 2 std (ddof=1) and top-3 active rules; exact truncation's
+kept head scores are the attribution of the same inputs."""
 import numpy as np
 import pandas as pd
 import pytest
 
 import ctxlookup
-from ctxlookup import _core
-from ctxlookup.attribution import ablate_heads, eligible_layers, head_attribution, select_heads
+from ctxlookup.ablation import ablate_heads
+from ctxlookup.attribution import eligible_layers, head_attribution
 
 
 def make_prompts(model, n=12, seed=0, bos=False):
@@ -57,79 +57,10 @@ def test_attribution_matches_hook_result_dot_w_in(model, rule, active_rule):
             float(cache[f"blocks.{p.layer}.mlp.hook_post"][0, p.neuron]), abs=1e-5)
 
 
-def test_select_heads_thresholds_at_their_edges():
-    rows = []
-    # 4 prompts; head (0, h) active on h of them: fractions 0, .25, .5, .75, 1
-    for pid in range(4):
-        for h in range(5):
-            rows.append(dict(layer=2, neuron=7, prompt_id=pid, head_layer=0, head=h, score=0.0, active=pid < h))
-    sel = select_heads(pd.DataFrame(rows))
-    assert sorted(sel["head"]) == [1, 2, 3]
-    assert sel.set_index("head").active_fraction.to_dict() == {1: 0.25, 2: 0.5, 3: 0.75}
-    assert (sel.n_prompts == 4).all()
-    assert sorted(select_heads(pd.DataFrame(rows), low=0.5, high=1.0)["head"]) == [2, 3, 4]
-    with pytest.raises(ValueError):
-        select_heads(pd.DataFrame(rows), low=0.8, high=0.2)
-
-
-def test_ablation_probabilities_match_python_hook(model):
-    prompts = make_prompts(model, n=6, seed=2)
-    prompts["layer"] = model.cfg.n_layers - 1
-    prompts["neuron"] = 3
-    att = head_attribution(model, prompts, retokenize=False)
-    heads = pd.DataFrame([dict(layer=model.cfg.n_layers - 1, neuron=3, head_layer=0, head=1)])
-    res = ablate_heads(model, prompts, heads, attribution=att, retokenize=False)
-    assert len(res) == 6
-    for r in res.itertuples():
-        p = prompts[prompts.prompt_id == r.prompt_id].iloc[0]
-        toks = np.array(p.tokens)[None]
-
-        def zero(z, hook):
-            z[:, :, 1] = 0
-
-        for kw, col in (({}, "p_clean"), ({"fwd_hooks": [("blocks.0.attn.hook_z", zero)]}, "p_ablated")):
-            lg = model.run_with_hooks(toks, **kw)[0, -1].astype(np.float64)
-            pr = np.exp(lg - lg.max())
-            pr /= pr.sum()
-            assert getattr(r, col) == pytest.approx(pr[p.token_id], rel=1e-4, abs=1e-7)
-        assert r.active == bool(att[(att.prompt_id == r.prompt_id) & (att.head_layer == 0) & (att["head"] == 1)].active.iloc[0])
-
-
-def test_scanner_matches_brute_force_topk_with_ties(model):
-    rng = np.random.default_rng(5)
-    docs = [rng.integers(0, model.cfg.d_vocab, int(rng.integers(1, 30))) for _ in range(40)]
-    docs[7] = docs[3].copy()  # identical documents tie exactly: the smaller doc id ranks first
-    layers = np.array([0, model.cfg.n_layers - 1, model.cfg.n_layers - 1], np.int32)
-    neurons = np.array([5, 0, 11], np.int32)
-    k = 6
-    sc = _core.Scanner(layers, neurons, model.cfg.d_mlp, k)
-    for b0 in range(0, 40, 9):  # several batches
-        chunk = docs[b0:b0 + 9]
-        _core.scan_batch(model._core, sc, np.concatenate(chunk).astype(np.int32),
-                         np.array([len(d) for d in chunk], np.int32), np.arange(b0, b0 + len(chunk), dtype=np.int64), 1)
-    st = sc.state()
-    for j, (l, n) in enumerate(zip(layers, neurons)):
-        cand = []
-        for d, toks in enumerate(docs):
-            if len(toks) <= 1:
-                continue
-            _, cache = model.run_with_cache(toks[None], names_filter=f"blocks.{l}.mlp.hook_post")
-            a = cache[f"blocks.{l}.mlp.hook_post"][0, 1:, n]
-            cand.append((-float(a.max()), d, int(a.argmax()) + 1))
-        cand.sort()
-        want = cand[:k]
-        assert st["count"][j] == min(k, len(cand))
-        np.testing.assert_array_equal(st["doc"][j][:len(want)], [w[1] for w in want])
-        np.testing.assert_array_equal(st["pos"][j][:len(want)], [w[2] for w in want])
-        np.testing.assert_allclose(st["act"][j][:len(want)], [-w[0] for w in want], atol=1e-5)
-    if 3 in st["doc"][0] and 7 in st["doc"][0]:
-        assert list(st["doc"][0]).index(3) < list(st["doc"][0]).index(7)
-
-
 def test_retokenized_inputs_are_bos_and_the_text_encoded_again(text_model_dir):
     """Protocols paper and authors-2023: attribution and ablation run BOS + to_tokens(text) like the
     authors' notebooks, and the ablation's probability is that of the neuron token re-encoded."""
-    from ctxlookup.attribution import prompt_tokens
+    from ctxlookup.batching import prompt_tokens
 
     m = ctxlookup.Model.load(text_model_dir, fold_ln=True)
     texts = ["The cat sat on the mat.  And then", "Numbers: 1 2 3 4 and so", "x"]
@@ -152,34 +83,6 @@ def test_retokenized_inputs_are_bos_and_the_text_encoded_again(text_model_dir):
     pr = np.exp(lg - lg.max())
     pr /= pr.sum()
     assert res.p_clean.iloc[0] == pytest.approx(pr[m.to_single_token(" the")], rel=1e-4)
-
-
-def test_mean_ablation_uses_the_prompts_mean_z(model):
-    """mode='mean' without mean_z: each head's hook_z averaged over every position of the prompts
-    (brute force from run_with_cache), then patched in for the ablated head."""
-    from ctxlookup.attribution import mean_z
-
-    prompts = make_prompts(model, n=5, seed=4)
-    prompts["layer"], prompts["neuron"] = model.cfg.n_layers - 1, 2
-    heads = pd.DataFrame([dict(layer=model.cfg.n_layers - 1, neuron=2, head_layer=0, head=1)])
-    zs = []
-    for t in prompts.tokens:
-        _, cache = model.run_with_cache(np.array(t)[None], names_filter=lambda n: n.endswith("hook_z"))
-        zs.append(np.stack([cache[f"blocks.{l}.attn.hook_z"][0] for l in range(model.cfg.n_layers)], 1))  # (pos, L, H, d)
-    want = np.concatenate(zs).astype(np.float64).mean(0)
-    got = mean_z(model, prompts, retokenize=False)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    res = ablate_heads(model, prompts, heads, mode="mean", retokenize=False)
-    explicit = ablate_heads(model, prompts, heads, mode="mean", mean_z=got, retokenize=False)
-    pd.testing.assert_frame_equal(res, explicit)
-    p = prompts.iloc[0]
-
-    def to_mean(z, hook):
-        z[:, :, 1] = got[0, 1]
-
-    lg = model.run_with_hooks(np.array(p.tokens)[None], fwd_hooks=[("blocks.0.attn.hook_z", to_mean)])[0, -1].astype(np.float64)
-    pr = np.exp(lg - lg.max())
-    assert res.p_ablated.iloc[0] == pytest.approx(pr[p.token_id] / pr.sum(), rel=1e-4, abs=1e-7)
 
 
 def test_analysis_bindings_check_integer_arrays_before_the_cast(model):

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import SHARED
 from ctxlookup import authors
-from ctxlookup.attribution import select_heads
-from ctxlookup.explain import explain_heads, score_explanations
+from ctxlookup.selection import select_heads
+from ctxlookup.explain import explain_heads
+from ctxlookup.score import score_explanations
 from ctxlookup.llm import Client
 from ctxlookup.stats import ablation_comparison, score_statistics
 

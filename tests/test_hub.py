@@ -29,7 +29,7 @@ import pytest
 
 import ctxlookup
 from ctxlookup import _core, hub
-from ctxlookup.io import random_checkpoint, save_safetensors
+from ctxlookup.checkpoints import random_checkpoint, save_safetensors
 from ctxlookup.model import Model
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -104,7 +104,7 @@ def test_mutual_exclusive_congruence_brute_force(model):
 
 
 def test_glitch_detection_flags_low_norm_and_padding(checkpoint, tmp_path):
-    from ctxlookup.io import random_checkpoint
+    from ctxlookup.checkpoints import random_checkpoint
     from safetensors.numpy import load_file, save_file
 
     folder = random_checkpoint(tmp_path / "m", arch="gpt2", n_layers=2, d_model=32, n_heads=4, d_vocab=300, n_ctx=16)

@@ -44,7 +44,8 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(m["model"]["files"])
     assert all(len(h) == 64 for h in m["model"]["files"].values())
     assert m["options"]["explainer"] == "offline" and m["options_key"]["table3"] == [3, 6]
-    from ctxlookup.explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE
+    from ctxlookup.explain import EXPLAIN_TEMPLATE
+    from ctxlookup.score import CLASSIFY_TEMPLATE
     assert m["templates"]["version"] == "2024" and m["protocol"]["name"] == "paper"  # the default protocol
     assert m["templates"]["explain"].endswith("In two to three sentences, suggest when the attention head is active.")
     assert EXPLAIN_TEMPLATE != m["templates"]["explain"] and CLASSIFY_TEMPLATE != m["templates"]["classify"]
@@ -217,7 +218,7 @@ def test_evidence_stage_joins_an_older_run_and_can_be_skipped(text_model_dir, co
     else; evidence_docs=0 writes an empty table; a negative count is refused before any work."""
     import shutil
 
-    from ctxlookup.anneuron import EVIDENCE_COLUMNS
+    from ctxlookup.evidence import EVIDENCE_COLUMNS
     from ctxlookup.replicate import evidence_summary
 
     out = str(tmp_path / "run")
@@ -257,7 +258,8 @@ def test_authors_2023_protocol_sends_the_requests_the_replay_builds(text_model_d
     from mock_openai import MockOpenAI
 
     from ctxlookup.authors import RecordedAnswers
-    from ctxlookup.explain import explain_heads, score_explanations
+    from ctxlookup.explain import explain_heads
+    from ctxlookup.score import score_explanations
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-test-key-123")
     out = str(tmp_path / "run")
@@ -556,3 +558,66 @@ def test_full_disk_is_a_named_error_and_leaves_no_partial_files(text_model_dir, 
     assert glob.glob(os.path.join(out, "*.incomplete*")) == [] and not os.path.exists(os.path.join(out, "manifest.json"))
     run = replicate(text_model_dir, out, until="neurons", **kw)
     assert run.complete("neurons")
+
+
+@pytest.mark.parametrize("protocol", ["ctxlookup", "paper"])
+def test_each_stage_runs_its_forward_passes_once(text_model_dir, corpora, tmp_path, monkeypatch, protocol):
+    """Counting wrappers on the core's entry points: each corpus is encoded once per run (the scan,
+    the truncation and the evidence stage reuse what the first stage to read a document encoded),
+    and under protocol ctxlookup the attribution stage runs no forward pass (truncation's final
+    pass ran the same inputs and kept their head scores), giving the attribution of a fresh pass.
+    Under protocol paper the attribution inputs are the texts encoded again, so it runs."""
+    from conftest import REORDER_RTOL
+    from ctxlookup import _core
+    from ctxlookup import model as model_module
+    from ctxlookup.attribution import head_attribution
+
+    rep = sys.modules["ctxlookup.replicate"]
+    stage, calls = ["?"], {}
+
+    def count(key, n=1):
+        calls[(stage[0], key)] = calls.get((stage[0], key), 0) + n
+
+    for name in ("attribute_batch", "scan_batch"):
+        def wrapped(*a, _f=getattr(_core, name), _n=name, **k):
+            count(_n)
+            return _f(*a, **k)
+        monkeypatch.setattr(_core, name, wrapped)
+    for name in ("__call__", "run_with_hooks"):
+        def wrapped(self, *a, _f=getattr(model_module.Model, name), _n=name, **k):
+            count("Model." + _n)
+            return _f(self, *a, **k)
+        monkeypatch.setattr(model_module.Model, name, wrapped)
+    encode = ctxlookup.Tokenizer.encode_batch
+
+    def counted_encode(self, items, *a, **k):
+        count("encoded", len(items))
+        return encode(self, items, *a, **k)
+    monkeypatch.setattr(ctxlookup.Tokenizer, "encode_batch", counted_encode)
+    for s in STAGES:
+        def staged(self, _s=s, _f=getattr(rep.Run, f"_stage_{s}")):
+            stage[0] = _s
+            return _f(self)
+        monkeypatch.setattr(rep.Run, f"_stage_{s}", staged)
+    run = replicate(text_model_dir, str(tmp_path / protocol), corpus=corpora[0], test_corpus=corpora[1],
+                    protocol=protocol, **OPTS)
+    n_train = ctxlookup.Corpus(corpora[0]).count()
+    assert calls[("neurons", "encoded")] >= n_train  # the frequency counts encode every training document
+    for s in ("scan", "truncate", "test_truncate", "evidence"):
+        assert calls.get((s, "encoded"), 0) == (0 if protocol == "ctxlookup" or s != "truncate" else 0), s
+    assert calls[("test_scan", "encoded")] == ctxlookup.Corpus(corpora[1]).count()
+    assert calls[("scan", "scan_batch")] >= 1 and calls[("test_scan", "scan_batch")] >= 1
+    assert calls[("evidence", "Model.run_with_hooks")] >= 1
+    if protocol == "ctxlookup":
+        assert calls.get(("attribution", "attribute_batch"), 0) == 0
+        for src, name in (("prompts", "attribution"), ("test_prompts", "test_attribution")):
+            prompts = pd.read_parquet(os.path.join(run.dir, f"{src}.parquet"))
+            prompts.attrs["prepend_bos"] = True
+            fresh = head_attribution(run.model, prompts, protocol="ctxlookup")
+            kept = pd.read_parquet(os.path.join(run.dir, f"{name}.parquet"))
+            assert len(kept) == len(fresh) > 0
+            np.testing.assert_allclose(kept.score, fresh.score, rtol=REORDER_RTOL,
+                                       atol=REORDER_RTOL * float(np.abs(fresh.score).max()))
+            assert (kept.active == fresh.active).mean() > 0.99
+    else:
+        assert calls[("attribution", "attribute_batch")] >= 2  # prompts and test prompts, retokenized

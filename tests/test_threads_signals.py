@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import ctxlookup
-from ctxlookup.io import random_checkpoint
+from ctxlookup.checkpoints import random_checkpoint
 
 
 def test_gil_is_released_during_forward(tmp_path):

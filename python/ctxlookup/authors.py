@@ -429,7 +429,7 @@ def load(folder: str, model: str = "gpt2-small", n_heads: Optional[int] = None) 
 
     A table whose files are missing or unreadable is left out and named in ``problems``.
     ``n_heads``: heads per layer (default from the model name, :data:`N_HEADS`)."""
-    from .explain import score_explanations
+    from .score import score_explanations
     from .stats import ablation_comparison
 
     data = AuthorsData.find(folder, model)
@@ -532,8 +532,9 @@ def replay(folder: str, model: str = "gpt2-small", n_heads: Optional[int] = None
     2023 rules) and compare: ``[quantity, authors, ctxlookup, match]``, one row per quantity. A
     quantity whose files are missing or unreadable gets a row naming them, with ``match`` False.
     ``recorded``: the data :func:`load` already read for this folder and model (read again if None)."""
-    from .attribution import select_heads
-    from .explain import explain_heads, score_explanations
+    from .selection import select_heads
+    from .explain import explain_heads
+    from .score import score_explanations
     from .stats import score_statistics
 
     r = recorded if recorded is not None else load(folder, model, n_heads)

@@ -188,7 +188,7 @@ class ActivationCache(dict):
         except KeyError:
             pass
         if self.model is not None:
-            if name in self.model._hook_set:
+            if name in self.model.hook_names:
                 raise KeyError(f"'{name}' was not cached: run_with_cache's names_filter left it out") from None
             raise KeyError(f"'{name}' is not in this cache: it is not a hook of this model (see model.hook_names)") \
                 from None

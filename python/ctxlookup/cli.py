@@ -259,8 +259,8 @@ def _run_replicate(args) -> int:
         print(run.read("statistics").to_string(index=False))
     for line in evidence_summary(manifest):
         print(line)
-    if hasattr(run._client, "usage_report"):
-        print(run._client.usage_report())
+    if hasattr(run.llm_client, "usage_report"):
+        print(run.llm_client.usage_report())
     print(f"stages complete: {', '.join(done) or 'none'}")
     print(f"run directory: {run.dir} (the results: tables as .parquet and .csv, figures as .png and .svg, "
           f"manifest.json)")
@@ -311,7 +311,7 @@ def _run_report(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = _Parser(prog="ctxlookup", description="Interpreting context look-ups in transformers.")
     p.add_argument("--version", action="version", version=f"ctxlookup {__version__}",

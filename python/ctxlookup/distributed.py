@@ -3,7 +3,7 @@
 The engine behind ``ctxlookup.neuroscope`` and ``replicate --workers/--scheduler``:
 
 1. **Plan.** The driver streams the corpus once (text lengths only) and forms the same
-   token-budgeted batches as the in-process scan (``search.max_activating``): a batch closes when
+   token-budgeted batches as the in-process scan (``scan.max_activating``): a batch closes when
    its estimated tokens reach ``batch_tokens``. The forward pass is not bitwise invariant to how
    documents are grouped into a batch (GEMM shapes change), so a shard is a run of whole batches
    and every document is computed in exactly the batch it has in the in-process pass: results are
@@ -59,7 +59,7 @@ class Shard:
 
 
 def plan_batches(corpus, batch_tokens: int, max_tokens: int) -> List[List[int]]:
-    """Document ids grouped exactly as ``search.max_activating`` groups them into forward passes."""
+    """Document ids grouped exactly as ``scan.max_activating`` groups them into forward passes."""
     out, cur, tok = [], [], 0
     for doc in corpus:
         cur.append(doc.doc_id)

@@ -295,7 +295,7 @@ class LiveEngine:
     def tokens(self, text: str) -> Tuple[np.ndarray, List[str]]:
         """``(ids, notices)``: the model's input for ``text`` (BOS first when the run used it), cut to
         the model's context with a notice."""
-        ids = self.model._need_tokenizer().encode(text)
+        ids = self.model.require_tokenizer().encode(text)
         head = [self.bos] if self.bos is not None else []
         full = np.concatenate([np.asarray(head, np.int32), np.asarray(ids, np.int32)])
         notices = []
@@ -367,7 +367,7 @@ class LiveEngine:
         max_pos = first + int(np.argmax(acts[first:]))
         pos = max_pos if position is None else self._position(position, first, len(ids))
         heads, thr = self._head_scores(r["z"], pos, layer, neuron)
-        strs = self.model._need_tokenizer().to_str_tokens(ids)
+        strs = self.model.require_tokenizer().to_str_tokens(ids)
         return dict(layer=layer, neuron=neuron, token=tok["token"], token_id=tok["token_id"], in_run=tok["in_run"],
                     tokens=list(strs), token_ids=[int(i) for i in ids], first=first,
                     activation=[float(a) for a in acts], max_position=max_pos, max_activation=float(acts[max_pos]),
@@ -430,7 +430,7 @@ class LiveEngine:
         heads, thr = self._head_scores(r["z"], pos, layer, neuron)
         me = next(h for h in heads if h["head_layer"] == head_layer and h["head"] == head)
         # the text as run: cut to the context when it was
-        shown = self.model._need_tokenizer().decode(ids[first:]) if cut else text
+        shown = self.model.require_tokenizer().decode(ids[first:]) if cut else text
         from .explain import build_classify_prompt, parse_yes_no
 
         prompt = build_classify_prompt(ex["explanation"], shown, ex.get("token") or tok["token"],

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from .batching import with_bos
 from .cache import ActivationCache, get_act_name
 
 __all__ = ["Model", "Config", "ActivationCache", "HookPoint", "get_act_name"]
@@ -462,7 +463,7 @@ class Model:
         out = np.concatenate([prompt.astype(np.int32), new], axis=1)
         if return_type == "tokens":
             return out
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         texts = [tok.decode(r, skip_special_tokens=True) for r in out]
         return texts[0] if kind == "str" or len(texts) == 1 else texts
 
@@ -588,7 +589,7 @@ class Model:
         ``(tokens, lengths)`` instead, the real-token count of each row, which ``model(tokens,
         lengths=lengths)`` and ``run_with_cache`` take for right-padded batches.
         """
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         if isinstance(input, str):
             texts = [input]
         elif isinstance(input, (list, tuple)) and all(isinstance(t, str) for t in input):
@@ -603,12 +604,7 @@ class Model:
             raise TypeError(f"to_tokens: input must be a string or a list of strings, got {what}")
         if padding_side not in ("right", "left"):
             raise ValueError(f"to_tokens: padding_side must be 'right' or 'left', got {padding_side!r}")
-        rows = tok.encode_batch(texts)
-        bos = self.bos_token_id
-        if prepend_bos:
-            if bos is None:
-                raise ValueError("prepend_bos=True but neither the tokenizer nor config.json names a BOS token")
-            rows = [np.concatenate([np.array([bos], np.int32), r]) for r in rows]
+        rows = with_bos(self, tok.encode_batch(texts), prepend_bos)
         if truncate:
             rows = [r[: self.cfg.n_ctx] for r in rows]
         lens = np.array([len(r) for r in rows], np.int32)
@@ -631,7 +627,7 @@ class Model:
         array with more than one row give one list per row (a list of strings is tokenized row by
         row, so no padding appears). A ``(1, n)`` array gives one flat list, as TransformerLens.
         """
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         if isinstance(input, str):
             return tok.to_str_tokens(self.to_tokens(input, prepend_bos=prepend_bos)[0])
         if isinstance(input, (list, tuple)) and input and all(isinstance(t, str) for t in input):
@@ -651,14 +647,14 @@ class Model:
 
     def to_single_token(self, s: str) -> int:
         """The id of ``s`` if it is exactly one token, else ValueError."""
-        ids = self._need_tokenizer().encode(s)
+        ids = self.require_tokenizer().encode(s)
         if len(ids) != 1:
             raise ValueError(f"{s!r} is {len(ids)} tokens, not one")
         return int(ids[0])
 
     def to_string(self, ids) -> Union[str, list]:
         """Token ids -> text (a 2-D array gives a list of texts)."""
-        tok = self._need_tokenizer()
+        tok = self.require_tokenizer()
         a = np.asarray(ids)
         if a.ndim == 2:
             return [tok.decode(r) for r in a]
@@ -681,7 +677,14 @@ class Model:
             return t
         return self.cfg.pad_token_id if self.cfg.pad_token_id is not None else self.eos_token_id
 
-    def _need_tokenizer(self):
+    @property
+    def core(self) -> "_core.Model":
+        """The C core's model, for the core's batched entry points (``_core.scan_batch``,
+        ``_core.attribute_batch``)."""
+        return self._core
+
+    def require_tokenizer(self):
+        """The model's tokenizer; ValueError when its folder has none."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer (no tokenizer files in its folder)")
         return self.tokenizer

@@ -9,6 +9,7 @@ blockwise in C (OpenBLAS): never ``(n_neurons, d_vocab)`` at once.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -37,12 +38,15 @@ def token_strings(model) -> list:
     tok = model.tokenizer
     if tok is None:
         return [None] * model.cfg.d_vocab
-    cache = getattr(model, "_token_strings", None)
+    cache = _TOKEN_STRINGS.get(model)
     if cache is None:
         n = min(model.cfg.d_vocab, tok.vocab_size)
         cache = tok.to_str_tokens(np.arange(n, dtype=np.int32)) + [None] * (model.cfg.d_vocab - n)
-        model._token_strings = cache
+        _TOKEN_STRINGS[model] = cache
     return cache
+
+
+_TOKEN_STRINGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its token strings
 
 
 def _token_matrix(model, direction: str) -> np.ndarray:
@@ -194,13 +198,15 @@ def _frequency_z(model, counts, n_real) -> np.ndarray:
     return (p - med) / mad
 
 
-def token_counts(model, corpus, max_docs: int = 2000) -> np.ndarray:
-    """How often each token id occurs in the first ``max_docs`` documents of ``corpus`` (int64, d_vocab)."""
+def token_counts(model, corpus, max_docs: int = 2000, token_cache=None) -> np.ndarray:
+    """How often each token id occurs in the first ``max_docs`` documents of ``corpus`` (int64,
+    d_vocab). ``token_cache``: the corpus's :class:`ctxlookup.batching.DocTokens`."""
+    from .batching import doc_tokens, first
+
     if model.tokenizer is None:
         raise ValueError("token counts need the model's tokenizer")
     V = model.cfg.d_vocab
-    texts = [doc.text for _, doc in zip(range(max_docs), corpus)]
-    encoded = model.tokenizer.encode_batch(texts)
+    encoded = doc_tokens(model, list(first(corpus, max_docs)), prepend_bos=False, cache=token_cache)
     ids = np.concatenate(encoded) if encoded else np.zeros(0, np.int32)
     return np.bincount(ids[ids < V], minlength=V).astype(np.int64, copy=False)
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import _core, distributed
+from .batching import observe_docs
 
 __all__ = ["neuroscope", "Atlas", "add_cli"]
 
@@ -61,25 +63,11 @@ def _scan_task(model, batches, spec) -> dict:
     return dict(state=sc.state(), meta=stats)
 
 
-def _doc_tokens(model, texts, prepend_bos, max_tokens):
-    from .search import doc_tokens as tokens
-
-    return tokens(model, texts, prepend_bos, max_tokens)
-
-
 def _scan_batches(model, sc, batches, spec) -> dict:
-    skip = 1 if spec["prepend_bos"] else 0
     stats = dict(docs=0, tokens=0, skipped_empty=0)
     for docs in batches:
-        toks = _doc_tokens(model, [d.text for d in docs], spec["prepend_bos"], spec["max_tokens"])
-        keep = [i for i, t in enumerate(toks) if len(t) > skip]
-        stats["skipped_empty"] += len(toks) - len(keep)
-        stats["docs"] += len(docs)
-        if keep:
-            lens = np.array([len(toks[i]) for i in keep], np.int32)
-            _core.scope_batch(model._core, sc, np.concatenate([toks[i] for i in keep]), lens,
-                              np.array([docs[i].doc_id for i in keep], np.int64), skip)
-            stats["tokens"] += int(lens.sum())
+        observe_docs(model, docs, spec["prepend_bos"], spec["max_tokens"], partial(_core.scope_batch, model.core, sc),
+                     stats)
     return stats
 
 

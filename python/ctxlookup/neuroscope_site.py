@@ -30,7 +30,7 @@ def _env():
 
 def _windows(atlas, model, corpus, before, after, band_before, band_after, progress):
     """{(layer, neuron, table, row index): (token strings, activations, index of the maximum)}."""
-    from .search import doc_tokens as _doc_tokens
+    from .batching import doc_tokens
 
     top, quant = atlas["top_examples"], atlas["quantile_examples"]
     need = defaultdict(list)  # doc -> [(key, layer, neuron, position, before, after)]
@@ -48,7 +48,7 @@ def _windows(atlas, model, corpus, before, after, band_before, band_after, progr
     out = {}
     for a in range(0, len(ids), 16):
         chunk = ids[a:a + 16]
-        toks = _doc_tokens(model, [docs[d].text for d in chunk], opts["prepend_bos"], opts["max_tokens"])
+        toks = doc_tokens(model, [docs[d] for d in chunk], opts["prepend_bos"], opts["max_tokens"])
         _, cache = model.run_with_cache(toks, names_filter=[f"blocks.{l}.mlp.hook_post" for l in layers],
                                         stop_at_layer=max(layers) + 1)
         acts = {l: np.asarray(cache[f"blocks.{l}.mlp.hook_post"]) for l in layers}

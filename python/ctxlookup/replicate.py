@@ -186,7 +186,8 @@ class Options:
 def _templates(version: str) -> dict:
     """The prompt texts a run sends, for its manifest: ctxlookup's templates, or, for the authors'
     versions (assembled piece by piece in explain.py), each request built with placeholders."""
-    from .explain import CLASSIFY_TEMPLATE, EXPLAIN_TEMPLATE, build_classify_prompt, build_explain_prompt
+    from .explain import EXPLAIN_TEMPLATE, build_explain_prompt
+    from .score import CLASSIFY_TEMPLATE, build_classify_prompt
 
     if version == "ctxlookup":
         return dict(version=version, explain=EXPLAIN_TEMPLATE, classify=CLASSIFY_TEMPLATE)
@@ -351,6 +352,8 @@ class Run:
         self._client = None
         self._written: Dict[str, dict] = {}
         self.tables: Dict[str, pd.DataFrame] = {}
+        self._token_caches: dict = {}  # corpus ("train", "test") -> its documents encoded once (batching.DocTokens)
+        self._head_scores: Dict[str, np.ndarray] = {}  # prompts table -> truncation's head scores of its rows
 
     # ------------------------------------------------------------------ manifest
     def _read_manifest_file(self) -> dict:
@@ -380,7 +383,7 @@ class Run:
                 raise RunMismatch(f"{self.dir} holds a run made with other options ({', '.join(diff)}); "
                                  f"use another --out, or the same options to resume")
             return m
-        from . import __version__
+        from ._version import __version__
 
         return dict(ctxlookup_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     options=dataclasses.asdict(self.opts), options_key=self.opts.key(), stages={},
@@ -399,6 +402,7 @@ class Run:
         if now != self._manifest_id and now is not None:
             self.manifest = self._load_manifest()
             self.tables.clear()
+            self._head_scores.clear()
             self._model = None   # re-checked against the manifest's model files when next used
             self._client = None
 
@@ -571,6 +575,11 @@ class Run:
         return self._model
 
     @property
+    def llm_client(self):
+        """The explainer the run's LLM stages used in this process (None when none ran)."""
+        return self._client
+
+    @property
     def client(self):
         if self._client is None:
             if self.opts.explainer == "offline":
@@ -589,6 +598,13 @@ class Run:
             else:
                 raise ValueError(f"explainer must be 'offline' or 'openai', got '{self.opts.explainer}'")
         return self._client
+
+    def token_cache(self, which: str):
+        """The ``which`` corpus's documents as encoded by the model's tokenizer, kept for the run's
+        later stages (:class:`ctxlookup.batching.DocTokens`)."""
+        from .batching import DocTokens
+
+        return self._token_caches.setdefault(which, DocTokens())
 
     def corpus(self, which: str):
         from .corpus import Corpus
@@ -682,7 +698,7 @@ class Run:
         d_layers, d_top = default_layers(m)
         layers = self.opts.layers or d_layers
         top = self.opts.neurons_per_layer or d_top
-        counts = token_counts(m, self.corpus("train"))  # the prompts' corpus: glitch check and frequency direction
+        counts = token_counts(m, self.corpus("train"), token_cache=self.token_cache("train"))  # the prompts' corpus: glitch check and frequency direction
         freq = counts if self.opts.remove_frequency else None
         nt = next_token_neurons(m, layers=layers, top_k=top, direction=self.opts.direction,
                                 glitch=detect_glitch_tokens(m, counts=counts), remove_frequency=freq,
@@ -704,11 +720,11 @@ class Run:
         return self.read("neurons").drop_duplicates(["layer", "neuron"])[["layer", "neuron", "token_id", "token"]]
 
     def _scan(self, which: str, k: int, name: str):
-        from .search import max_activating
+        from .scan import max_activating
 
         ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
                             batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
-                            progress=self.opts.progress,
+                            progress=self.opts.progress, token_cache=self.token_cache(which),
                             workers=self.opts.workers, scheduler=self.opts.scheduler)  # Dask, when given
         self.write(name, ma)
         return {name: {k2: v for k2, v in ma.attrs.items()}}
@@ -724,16 +740,22 @@ class Run:
         return self._scan("test", k, "test_max_acts")
 
     def _truncate(self, src: str, name: str, which: str):
-        from .search import truncate
+        from .truncate import truncate
 
         ma = self.read(src)
+        # the final pass's head scores are the attribution of these prompts when it runs their tokens
+        keep_scores = not self.protocol.retokenize
         tr = truncate(self.model, ma, self.corpus(which), keep=self.opts.keep, max_prompt_tokens=self.opts.max_prompt_tokens,
-                      method=self.protocol.truncation, newlines=self.protocol.newlines, progress=self.opts.progress)
+                      method=self.protocol.truncation, newlines=self.protocol.newlines, progress=self.opts.progress,
+                      token_cache=self.token_cache(which), head_scores=keep_scores)
+        scores = tr.attrs.pop("head_scores", None)
         attrs = dict(tr.attrs)
         if name == "test_prompts":
             tr = self._first_prompts(tr, self.protocol.test_prompts_per_neuron)
             attrs["kept_per_neuron"] = self.protocol.test_prompts_per_neuron
         self.write(name, tr)
+        if scores is not None:
+            self._head_scores[name] = scores[tr.index.to_numpy()]
         return {name: attrs}
 
     def _stage_truncate(self):
@@ -748,8 +770,13 @@ class Run:
         out = {}
         for src, name in (("prompts", "attribution"), ("test_prompts", "test_attribution")):
             p = self.protocol
-            att = head_attribution(self.model, self.read(src), rule=p.rule, active_rule=p.active_rule,
-                                   retokenize=p.retokenize)
+            prompts = self.read(src)
+            # protocol ctxlookup: truncation already ran these very inputs and kept their head scores
+            scores = self._head_scores.get(src) if not p.retokenize else None
+            if scores is not None and len(scores) != len(prompts):
+                scores = None
+            att = head_attribution(self.model, prompts, rule=p.rule, active_rule=p.active_rule,
+                                   retokenize=p.retokenize, head_scores=scores)
             att.attrs.pop("activation", None)
             self.write(name, att)
             out[name] = dict(att.attrs)
@@ -774,7 +801,7 @@ class Run:
         return self._first_prompts(self.read("prompts"), n)
 
     def _select(self, n: Optional[int]) -> pd.DataFrame:
-        from .attribution import select_heads
+        from .selection import select_heads
 
         prompts = self._prompts_upto(n)
         att = self.read("attribution")
@@ -810,7 +837,7 @@ class Run:
         return {}
 
     def _stage_score(self):
-        from .explain import score_explanations
+        from .score import score_explanations
 
         ex, rows, preds = self.read("explanations"), [], []
         for n in self._prompt_counts():
@@ -829,7 +856,7 @@ class Run:
         return {}
 
     def _stage_ablation(self):
-        from .attribution import ablate_heads
+        from .ablation import ablate_heads
         from .stats import ablation_comparison
 
         n = self.protocol.prompts_per_neuron
@@ -850,7 +877,7 @@ class Run:
         return {"ablation_by_head": {"ks": ks, "prompts": self.protocol.ablation_prompts}}
 
     def _stage_stats(self):
-        from .stats import figure5, figure6, score_statistics, subset_counts
+        from .stats import ablation_plot, score_histogram, score_statistics, subset_counts
 
         scores, n, ddof = self.read("scores"), self.protocol.prompts_per_neuron, self.protocol.ddof
         main = scores[scores.n_prompts_per_neuron == n]
@@ -870,13 +897,13 @@ class Run:
         prompts = self._prompts_upto(n)
         t4 = subset_counts(prompts, self.read("attribution"), heads)
         self.write("table4", t4.assign(subsets=t4.subsets.map(lambda s: ",".join(map(str, s)))))
-        figs = figure5(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
+        figs = score_histogram(model_E, rand_E, path_base=os.path.join(self.dir, "figure5"),
                        title=f"Head explanation scores ({self.opts.model})", style=self.protocol.figure_style)
         comp = self.read("ablation_by_head")
         comp.attrs["ks"] = self.manifest["stages"]["ablation"]["attrs"]["ablation_by_head"]["ks"]
-        # figure6's own names for the two forms: the paper's box plots, or ctxlookup's overlaid histograms
-        figs += figure6(comp, path_base=os.path.join(self.dir, "figure6"),
-                        style="paper" if self.protocol.figure_style == "paper" else "histogram")
+        # the protocol's figure style: "paper", or "overlay" (overlaid histograms, for the ablation plot "histogram")
+        figs += ablation_plot(comp, path_base=os.path.join(self.dir, "figure6"),
+                              style="paper" if self.protocol.figure_style == "paper" else "histogram")
         return {"figures": [os.path.basename(p) for p in figs],
                 "table4": {"histogram": {int(k): int(v) for k, v in t4.attrs["histogram"].items()}}}
 
@@ -884,7 +911,7 @@ class Run:
         """The an-neuron post's check on every selected neuron (not part of the paper's method): on
         the test corpus, does the neuron's activation predict its token being the model's top
         prediction (:func:`ctxlookup.next_token_evidence`)?"""
-        from .anneuron import EVIDENCE_COLUMNS, next_token_evidence
+        from .evidence import EVIDENCE_COLUMNS, next_token_evidence
         from .stats import rising_comparison
 
         neurons = self._unique_neurons()
@@ -893,7 +920,8 @@ class Run:
             ev = pd.DataFrame(columns=EVIDENCE_COLUMNS + ["group"])
         else:
             ev = next_token_evidence(self.model, neurons, self.corpus("test"), max_docs=n,
-                                     batch_tokens=self.opts.batch_tokens, progress=self.opts.progress)
+                                     batch_tokens=self.opts.batch_tokens, progress=self.opts.progress,
+                                     token_cache=self.token_cache("test"))
             docs = ev.attrs["n_docs"]
             binning = {k: ev.attrs[k] for k in ("bins", "binning", "min_positions")}
             # a row per neuron and group, as the scores (a neuron can be in both groups)

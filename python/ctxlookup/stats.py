@@ -10,7 +10,8 @@
 - :func:`rising_comparison`: not the paper's: do the next-token neurons pass the an-neuron post's
   check (:func:`ctxlookup.next_token_evidence`'s ``rising``) more often than the random ones?
   Fisher's exact test, one-sided.
-- :func:`figure5`, :func:`figure6`: the two figures, saved as PNG and SVG.
+- :func:`score_histogram`, :func:`ablation_plot`: the two figures (the paper's Figures 5 and 6,
+  also named :func:`figure5` and :func:`figure6`), saved as PNG and SVG.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["score_statistics", "subset_counts", "ablation_comparison", "rising_comparison", "figure5", "figure6",
-           "PUBLISHED_MEAN_E"]
+__all__ = ["score_statistics", "subset_counts", "ablation_comparison", "rising_comparison", "score_histogram",
+           "ablation_plot", "figure5", "figure6", "PUBLISHED_MEAN_E"]
 
 PUBLISHED_MEAN_E = {"gpt2-small": 0.650, "gpt2-medium": 0.610, "gpt2-large": 0.575, "pythia-160m": 0.621,
                     "pythia-1.4b": 0.574, "gpt2-large random": 0.558}
@@ -175,9 +176,9 @@ def _fmt_p(p: float) -> str:
     return "n/a" if not np.isfinite(p) else f"{p:.3g}"
 
 
-def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Head explanation scores",
-            style: str = "overlay") -> list:
-    """Figure 5; PNG and SVG paths.
+def score_histogram(scores, baseline=None, path_base: str = "figure5", title: str = "Head explanation scores",
+                    style: str = "overlay") -> list:
+    """The histogram of explanation scores (the paper's Figure 5, :func:`figure5`); PNG and SVG paths.
 
     ``style="overlay"`` (default): one histogram of E (20 bins) for the model's heads, with the
     random-neuron ``baseline`` overlaid. ``style="paper"``: the paper's form (the authors' 2024
@@ -191,7 +192,7 @@ def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Hea
     if style not in ("overlay", "paper"):
         raise ValueError(f"style must be 'overlay' or 'paper', got {style!r}")
     if style == "paper":
-        return _figure5_paper(scores, baseline, path_base, title)
+        return _score_histogram_paper(scores, baseline, path_base, title)
     fig, ax = _figure()
     bins = np.linspace(0, 1, 21)
     s = _valid(scores)
@@ -209,7 +210,7 @@ def figure5(scores, baseline=None, path_base: str = "figure5", title: str = "Hea
 PAPER_FIGURE5_BINS = np.linspace(0, 1, 10)  # 9 bins, as the authors' 2024 7_results.ipynb
 
 
-def _figure5_paper(scores, baseline, path_base: str, title: str) -> list:
+def _score_histogram_paper(scores, baseline, path_base: str, title: str) -> list:
     from matplotlib.figure import Figure
 
     panels = list(scores.items()) if isinstance(scores, dict) else [(title, scores)]
@@ -234,10 +235,10 @@ def _figure5_paper(scores, baseline, path_base: str, title: str) -> list:
     return _save(fig, path_base)
 
 
-def figure6(comparison, path_base: str = "figure6", title: str = "Ablation: probability decrease",
-            style: str = "histogram") -> list:
-    """Figure 6; PNG and SVG paths. ``comparison``: :func:`ablation_comparison`'s table, or for
-    several models a dict ``{name: table}``.
+def ablation_plot(comparison, path_base: str = "figure6", title: str = "Ablation: probability decrease",
+                  style: str = "histogram") -> list:
+    """The ablation check's plot (the paper's Figure 6, :func:`figure6`); PNG and SVG paths.
+    ``comparison``: :func:`ablation_comparison`'s table, or for several models a dict ``{name: table}``.
 
     ``style="histogram"`` (default): the distribution across heads of the mean probability decrease
     after ablation, active vs inactive prompts, overlaid. ``style="paper"``: the paper's form (the
@@ -247,7 +248,7 @@ def figure6(comparison, path_base: str = "figure6", title: str = "Ablation: prob
     if style not in ("histogram", "paper"):
         raise ValueError(f"style must be 'histogram' or 'paper', got {style!r}")
     if style == "paper":
-        return _figure6_paper(comparison, path_base, title)
+        return _ablation_plot_paper(comparison, path_base, title)
     fig, ax = _figure()
     a, i = _valid(comparison.mean_decrease_active), _valid(comparison.mean_decrease_inactive)
     lo = min([0.0] + list(a) + list(i))
@@ -265,7 +266,7 @@ def figure6(comparison, path_base: str = "figure6", title: str = "Ablation: prob
     return _save(fig, path_base)
 
 
-def _figure6_paper(comparison, path_base: str, title: str) -> list:
+def _ablation_plot_paper(comparison, path_base: str, title: str) -> list:
     panels = list(comparison.items()) if isinstance(comparison, dict) else [("", comparison)]
     fig, ax = _figure(figsize=(max(5.0, 2.2 * len(panels)), 4))
     data, labels = [], []
@@ -284,3 +285,8 @@ def _figure6_paper(comparison, path_base: str, title: str) -> list:
     ax.set_title("Decrease in token probability after ablating attention head" if title == "Ablation: probability decrease"
                  else title, fontsize=9)
     return _save(fig, path_base)
+
+
+#: the paper's numbering: Figure 5 is :func:`score_histogram`, Figure 6 :func:`ablation_plot`
+figure5 = score_histogram
+figure6 = ablation_plot

@@ -79,8 +79,7 @@ def example_windows(model, max_acts: pd.DataFrame, prompts: Optional[pd.DataFram
     ``prompt_bos``), and a row with neither is left out. Sequences run in batches of about
     ``batch_tokens`` tokens, each up to the deepest layer it needs.
     """
-    from .attribution import token_batches
-    from .search import doc_tokens, progress_bar
+    from .batching import doc_tokens, progress as progress_bar, token_batches
 
     tok = model.tokenizer
     if tok is None:

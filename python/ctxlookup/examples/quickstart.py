@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import ctxlookup
-from ctxlookup.io import random_checkpoint
+from ctxlookup.checkpoints import random_checkpoint
 
 
 def main(out_dir=None) -> int:

@@ -1,10 +1,10 @@
-"""ctxlookup.io: what it writes, transformers and the safetensors library read identically."""
+"""ctxlookup.checkpoints: what it writes, transformers and the safetensors library read identically."""
 import numpy as np
 import pytest
 import torch
 
 import ctxlookup
-from ctxlookup.io import random_checkpoint, save_safetensors
+from ctxlookup.checkpoints import random_checkpoint, save_safetensors
 from conftest import ATOL
 
 

@@ -1,13 +1,12 @@
-"""The max-activating scan and truncation on real text (tiny.jsonl, the real GPT-2 tokenizer)
-against brute force: per-document forward passes for the top-k, exhaustive suffix search for exact
-truncation, and an independent implementation of the authors' binary search."""
+"""The max-activating scan on real text (tiny.jsonl, the real GPT-2 tokenizer) against brute force
+(per-document forward passes for the top-k), and the core's scanner on random checkpoints with ties."""
 import numpy as np
 import pandas as pd
 import pytest
 
 import ctxlookup
 from conftest import SHARED
-from ctxlookup import Corpus, max_activating, truncate
+from ctxlookup import Corpus, _core, max_activating, truncate
 
 TINY = SHARED / "data" / "corpus" / "tiny.jsonl"
 NEURONS = [(1, 3), (2, 0), (2, 17), (2, 100)]
@@ -87,72 +86,6 @@ def test_scan_resumes_from_checkpoint(model, corpus, tmp_path):
         max_activating(model, NEURONS[:2], corpus, k=5, checkpoint=ck, progress=False)
 
 
-def test_exact_truncation_against_exhaustive_search(model, corpus):
-    ma = max_activating(model, NEURONS, corpus, k=4, progress=False)
-    tr = truncate(model, ma, corpus, method="exact", max_prompt_tokens=60, protocol="ctxlookup")
-    docs = corpus.get(ma.doc_id.unique())
-    kept = 0
-    for r in ma.itertuples():
-        toks = model.tokenizer.encode(docs[r.doc_id].text)[: r.position + 1]
-        want = None
-        for n in range(1, min(len(toks), 59) + 1):  # shortest suffix first
-            if act_at_last(model, np.concatenate([[50256], toks[-n:]]), r.layer, r.neuron) >= 0.8 * r.activation:
-                want = len(toks) - n
-                break
-        got = tr[(tr.layer == r.layer) & (tr.neuron == r.neuron) & (tr.doc_id == r.doc_id)]
-        if want is None or r.activation <= 0:
-            assert len(got) == 0
-            continue
-        kept += 1
-        g = got.iloc[0]
-        assert g.start == want and list(g.tokens) == list(toks[want:]) and g.n_tokens == len(toks) - want
-        assert g.activation >= 0.8 * r.activation - 1e-6 and g.full_activation == pytest.approx(r.activation)
-        assert "\n" not in g.text
-    assert kept == len(tr) and kept > 5
-    assert tr.attrs["dropped"]["too_long"] + tr.attrs["dropped"]["non_positive"] == len(ma) - kept
-
-
-def _authors_trunc(model, toks, layer, neuron, og_act, act_ratio=0.8):
-    """find_truncated_texts' loop (code-2023/src/neuron_texts.py) written out: floor midpoint, strict
-    '>', start 0 and the last position never probed, the activation of the last probe recorded."""
-    start, end = 0, len(toks) - 1
-    mid = (start + end) // 2
-    if start == mid:
-        return mid, og_act
-    last = None
-    while start != mid:
-        last = act_at_last(model, toks[mid:], layer, neuron)
-        if last > act_ratio * og_act:
-            start = mid
-        else:
-            end = mid
-        mid = (start + end) // 2
-    return mid, last
-
-
-def test_binary_truncation_is_the_authors_search(model, corpus):
-    ma = max_activating(model, NEURONS, corpus, k=4, progress=False)
-    tr = truncate(model, ma, corpus, method="binary")
-    assert tr.attrs["prepend_bos"] is False and tr.attrs["newlines"] == "lf"  # the default protocol: paper
-    pd.testing.assert_frame_equal(tr, truncate(model, ma, corpus))
-    docs = corpus.get(ma.doc_id.unique())
-    n_checked = 0
-    for r in ma.itertuples():
-        toks = model.tokenizer.encode(docs[r.doc_id].text)[: r.position + 1]
-        start, act = _authors_trunc(model, toks, r.layer, r.neuron, r.activation)
-        got = tr[(tr.layer == r.layer) & (tr.neuron == r.neuron) & (tr.doc_id == r.doc_id)]
-        if len(toks) - start >= 100 or r.activation <= 0:
-            assert len(got) == 0
-        else:
-            n_checked += 1
-            g = got.iloc[0]
-            assert g.start == start and list(g.tokens) == list(toks[start:])
-            assert g.probe_activation == pytest.approx(act, abs=1e-4)  # the authors' trunc_act
-            assert g.activation == pytest.approx(act_at_last(model, toks[start:], r.layer, r.neuron), abs=1e-4)
-            assert g.text == model.tokenizer.decode(toks[start:]).replace("\n", " ")
-    assert n_checked > 5
-
-
 def test_bad_input(model, corpus, tmp_path):
     with pytest.raises(ValueError, match="neuron 9999 is outside"):
         max_activating(model, [(1, 9999)], corpus, progress=False)
@@ -166,3 +99,40 @@ def test_bad_input(model, corpus, tmp_path):
         max_activating(model, [], corpus, progress=False)
     with pytest.raises(ValueError, match="method"):
         truncate(model, pd.DataFrame(columns=["layer", "neuron", "doc_id", "position", "activation"]), corpus, method="x")
+
+
+@pytest.fixture(scope="module", params=["gpt2-tied-gelu_new", "neox-parallel-rot0.25"])
+def checkpoint_model(request, checkpoint):
+    return ctxlookup.Model.load(checkpoint(request.param)[0], fold_ln=True, center_writing_weights=True, tokenizer=False)
+
+
+def test_scanner_matches_brute_force_topk_with_ties(checkpoint_model):
+    model = checkpoint_model
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, model.cfg.d_vocab, int(rng.integers(1, 30))) for _ in range(40)]
+    docs[7] = docs[3].copy()  # identical documents tie exactly: the smaller doc id ranks first
+    layers = np.array([0, model.cfg.n_layers - 1, model.cfg.n_layers - 1], np.int32)
+    neurons = np.array([5, 0, 11], np.int32)
+    k = 6
+    sc = _core.Scanner(layers, neurons, model.cfg.d_mlp, k)
+    for b0 in range(0, 40, 9):  # several batches
+        chunk = docs[b0:b0 + 9]
+        _core.scan_batch(model._core, sc, np.concatenate(chunk).astype(np.int32),
+                         np.array([len(d) for d in chunk], np.int32), np.arange(b0, b0 + len(chunk), dtype=np.int64), 1)
+    st = sc.state()
+    for j, (l, n) in enumerate(zip(layers, neurons)):
+        cand = []
+        for d, toks in enumerate(docs):
+            if len(toks) <= 1:
+                continue
+            _, cache = model.run_with_cache(toks[None], names_filter=f"blocks.{l}.mlp.hook_post")
+            a = cache[f"blocks.{l}.mlp.hook_post"][0, 1:, n]
+            cand.append((-float(a.max()), d, int(a.argmax()) + 1))
+        cand.sort()
+        want = cand[:k]
+        assert st["count"][j] == min(k, len(cand))
+        np.testing.assert_array_equal(st["doc"][j][:len(want)], [w[1] for w in want])
+        np.testing.assert_array_equal(st["pos"][j][:len(want)], [w[2] for w in want])
+        np.testing.assert_allclose(st["act"][j][:len(want)], [-w[0] for w in want], atol=1e-5)
+    if 3 in st["doc"][0] and 7 in st["doc"][0]:
+        assert list(st["doc"][0]).index(3) < list(st["doc"][0]).index(7)
