@@ -107,13 +107,7 @@ build/fuzz/bin/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_SRC) $(wil
 build/fuzz/seeds: tests/fuzz/make_seeds.py
 	rm -rf $@ && $(PYTHON) tests/fuzz/make_seeds.py $@ "$(SHARED_TOK)"
 fuzz fuzz-smoke: fuzz-sysdeps build/fuzz/seeds $(patsubst %,build/fuzz/bin/%,$(FUZZ_HARNESSES))
-	@secs=$(if $(filter fuzz-smoke,$@),60,$(FUZZ_SECONDS)); per=$$((secs / $(words $(FUZZ_HARNESSES)))); rc=0; \
-	for h in $(FUZZ_HARNESSES); do mkdir -p build/fuzz/$$h/corpus; \
-	  echo "== fuzz $$h for $$per s"; \
-	  (cd build/fuzz/$$h && ASAN_OPTIONS=detect_leaks=1 ../bin/$$h -max_total_time=$$per -max_len=65536 -rss_limit_mb=4096 \
-	    -timeout=20 -print_final_stats=1 corpus ../seeds/$$h $(CURDIR)/tests/fuzz/seeds/$$h 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==ERROR|SUMMARY|.*cov:.*ft:)" | tail -4) ; \
-	  if ls build/fuzz/$$h/crash-* build/fuzz/$$h/leak-* build/fuzz/$$h/timeout-* >/dev/null 2>&1; then echo "fuzz $$h: FOUND $$(ls build/fuzz/$$h/crash-* build/fuzz/$$h/leak-* build/fuzz/$$h/timeout-* 2>/dev/null)"; rc=1; fi; \
-	done; exit $$rc
+	sh tests/fuzz/run.sh $(if $(filter fuzz-smoke,$@),60,$(FUZZ_SECONDS)) $(FUZZ_HARNESSES)
 
 demo: build
 	$(PYTHON) -m ctxlookup.demo
