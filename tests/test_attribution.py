@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 import ctxlookup
+from ctxlookup import _core
 from ctxlookup.ablation import ablate_heads
 from ctxlookup.attribution import eligible_layers, head_attribution
 

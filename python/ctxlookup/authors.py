@@ -35,6 +35,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from .llm import Result
+
 __all__ = ["load", "replay", "Recorded", "RecordedAnswers", "AuthorsData", "read_jsonl", "load_torch_pickle",
            "add_cli", "N_HEADS", "PAPER_ABLATION_KS", "NOTEBOOK_SUMMARY", "TABLES"]
 
@@ -246,14 +248,6 @@ class AuthorsData:
 
 
 # --------------------------------------------------------------------------- a client answering from the record
-@dataclass
-class _Answer:
-    content: Optional[str]
-    error: Optional[str] = None
-    cached: bool = True
-    usage: Optional[dict] = None
-
-
 class RecordedAnswers:
     """A client for :func:`ctxlookup.explain_heads` / :func:`ctxlookup.score_explanations` that
     answers each request with the authors' recorded answer to the same text (the later one where a
@@ -280,15 +274,15 @@ class RecordedAnswers:
         for m in messages_list:
             self.requests.append((m, max_tokens, temperature))
             a = self.answers.get(m[-1]["content"])
-            out.append(_Answer(a, None if a is not None else "no recorded answer"))
+            out.append(Result(a, usage=None, cached=True, error=None if a is not None else "no recorded answer"))
         return out
 
     def bodies(self, model: str) -> List[str]:
         """Each request as the JSON body ctxlookup's LLM client sends (:class:`ctxlookup.llm.Client`'s
         own serializer), written with ``json.dumps`` defaults as the authors wrote their files."""
-        from . import _core
+        from .llm import request_body
 
-        return [json.dumps(json.loads(_core._llm_body(model, m, mt, t, None, "max_tokens")))
+        return [json.dumps(json.loads(request_body(model, m, mt, t)))
                 for m, mt, t in self.requests]
 
 

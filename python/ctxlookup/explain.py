@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pandas as pd
+
+from .llm import Result
 
 __all__ = ["EXPLAIN_TEMPLATE", "explain_heads", "OfflineExplainer", "build_explain_prompt", "VERSIONS", "check_version",
            "shown_example", "user_message", "active_set", "neuron_examples"]
@@ -186,14 +187,6 @@ def _ngrams(text: str, n_max: int = 2) -> set:
     return out
 
 
-@dataclass
-class _Result:
-    content: Optional[str]
-    error: Optional[str] = None
-    cached: bool = False
-    usage: Optional[dict] = None
-
-
 class OfflineExplainer:
     """A deterministic, network-free stand-in for the LLM, answering the same two prompts.
 
@@ -217,7 +210,7 @@ class OfflineExplainer:
         for messages in messages_list:
             text = messages[-1]["content"]
             self.usage[stage] += 1
-            out.append(_Result(self._answer(text)))
+            out.append(Result(self._answer(text), usage=None, cached=False))
         return out
 
     def _answer(self, text: str) -> str:

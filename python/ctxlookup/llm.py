@@ -68,7 +68,7 @@ from urllib.parse import urlsplit
 from . import _core
 
 __all__ = ["Client", "Result", "Estimate", "StageUsage", "ResponseCache", "CacheError", "CacheWriteWarning", "PRICES",
-           "estimate_tokens", "default_cache_path"]
+           "estimate_tokens", "default_cache_path", "request_body"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -157,6 +157,14 @@ def _normalize_messages(messages: Messages) -> List[Dict[str, str]]:
     if not out:
         raise ValueError("a request needs at least one message")
     return out
+
+
+def request_body(model: str, messages, max_tokens: Optional[int] = None, temperature: Optional[float] = None,
+                 max_tokens_param: str = "max_tokens") -> str:
+    """The JSON body :class:`Client` sends for one chat request, from the core's own serializer
+    (the one every request goes through): ``model``, ``messages``, then ``max_tokens`` (under
+    ``max_tokens_param``) and ``temperature`` when given."""
+    return _core._llm_body(model, _normalize_messages(messages), max_tokens, temperature, None, max_tokens_param)
 
 
 @dataclass
