@@ -71,7 +71,7 @@ typedef struct {
 
 typedef struct {
     int attempts, counted, connect_failures;
-    double not_before, t_first;
+    double t_first;
     int fd;                  /* GET: the partial file, open from the first attempt to the end */
     int64_t have, high;      /* bytes in the partial file (all of them hashed); most it ever held */
     cl_sha256 sha;
@@ -87,8 +87,8 @@ struct run {
     struct curl_slist *hdr_auth, *hdr_plain;
     slot *slots;
     req_state *rs;
-    size_t *retry_q; /* requests waiting for their backoff */
-    size_t n_retry, next_fresh, n_final;
+    cl_http_queue queue; /* which request starts next */
+    size_t n_final;
     int active;
     int64_t received;
     uint64_t rng;
@@ -291,8 +291,7 @@ static int retry_later(run *R, size_t i, int counted, int connect_failure, doubl
         delay = cl_http_backoff(R->o->backoff_base_s, R->o->backoff_max_s, q->counted, &R->rng);
     }
     if (retry_after >= 0) delay = retry_after * (1.0 + 0.1 * cl_http_jitter(&R->rng));
-    q->not_before = now + delay;
-    R->retry_q[R->n_retry++] = i;
+    cl_http_queue_retry(&R->queue, i, now + delay);
     return 1;
 }
 
@@ -381,32 +380,10 @@ static cl_status open_partial(run *R, size_t i, int *complete, cl_error *err) {
 /* ---- attempts ---- */
 
 static cl_status slot_init(run *R, slot *s, cl_error *err) {
-    const cl_dl_opts *o = R->o;
-    s->easy = curl_easy_init();
     s->R = R;
-    if (!s->easy) return cl_fail(err, CL_EHTTP, "libcurl: could not create a transfer handle");
-    CURL *e = s->easy;
-    CURLcode c = CURLE_OK;
-#define SET(opt, val) do { if (!c) c = curl_easy_setopt(e, opt, val); } while (0)
-    SET(CURLOPT_NOSIGNAL, 1L);
-    SET(CURLOPT_PRIVATE, (void *)s);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, (void *)s);
-    SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, (void *)s);
-    SET(CURLOPT_ERRORBUFFER, s->errbuf);
-    SET(CURLOPT_USERAGENT, USER_AGENT);
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
-    SET(CURLOPT_BUFFERSIZE, 256L * 1024);
-    if (o->connect_timeout_s > 0) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(o->connect_timeout_s * 1000));
-#if LIBCURL_VERSION_NUM >= 0x075500
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-#else
-    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-    SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-#undef SET
+    cl_status st = cl_http_easy_new(&s->easy, s, on_body, on_header, s->errbuf, USER_AGENT, R->o->connect_timeout_s, err);
+    if (st) return st;
+    CURLcode c = curl_easy_setopt(s->easy, CURLOPT_BUFFERSIZE, 256L * 1024);
     if (c) return cl_fail(err, CL_EHTTP, "libcurl: setting up a transfer failed: %s", curl_easy_strerror(c));
     return CL_OK;
 }
@@ -453,9 +430,8 @@ static cl_status start_attempt(run *R, size_t i, double now, cl_error *err) {
         }
     }
 #undef SET
-    if (c) return cl_fail(err, CL_EINVAL, "request %zu: libcurl refused it: %s", i, curl_easy_strerror(c));
-    CURLMcode mc = curl_multi_add_handle(R->multi, e);
-    if (mc) return cl_fail(err, CL_EHTTP, "libcurl: could not start a transfer: %s", curl_multi_strerror(mc));
+    cl_status st = cl_http_add_transfer(R->multi, e, c, i, err);
+    if (st) return st;
     s->busy = 1;
     if (q->attempts == 0) q->t_first = now;
     q->attempts++;
@@ -467,21 +443,9 @@ static cl_status start_attempt(run *R, size_t i, double now, cl_error *err) {
 static cl_status start_ready(run *R, double now, double *wake, cl_error *err) {
     *wake = INFINITY;
     while (R->active < R->o->concurrency) {
-        size_t pick_pos = (size_t)-1, i;
-        double earliest = INFINITY;
-        for (size_t k = 0; k < R->n_retry; k++) {
-            double nb = R->rs[R->retry_q[k]].not_before;
-            if (nb < earliest) { earliest = nb; pick_pos = k; }
-        }
-        if (pick_pos != (size_t)-1 && earliest <= now) {
-            i = R->retry_q[pick_pos];
-            R->retry_q[pick_pos] = R->retry_q[--R->n_retry];
-        } else if (R->next_fresh < R->b->n) {
-            i = R->next_fresh++;
-        } else {
-            if (earliest < *wake) *wake = earliest;
-            break;
-        }
+        size_t i;
+        if (!cl_http_queue_peek(&R->queue, now, &i, wake)) break;
+        cl_http_queue_take(&R->queue);
         if (!R->b->reqs[i].head && !R->rs[i].opened) {
             int complete = 0;
             cl_status st = open_partial(R, i, &complete, err);
@@ -704,7 +668,7 @@ static cl_status drv_tick(void *ctx, double now, int *ended, int *all_done, cl_e
     return report(R, &R->last_progress, now, *all_done, err);
 }
 
-static int drv_idle(void *ctx) { const run *R = ctx; return R->active == 0 && R->n_retry; }
+static int drv_idle(void *ctx) { const run *R = ctx; return R->active == 0 && R->queue.n_retry; }
 
 cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_error *err) {
     if (!opts || !batch) return cl_fail(err, CL_EINVAL, "download: options and batch are required");
@@ -721,8 +685,9 @@ cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_e
     R.rng = cl_http_seed(opts->seed);
     R.slots = calloc((size_t)opts->concurrency, sizeof *R.slots);
     R.rs = calloc(batch->n, sizeof *R.rs);
-    R.retry_q = calloc(batch->n, sizeof *R.retry_q);
-    if (!R.slots || !R.rs || !R.retry_q) { st = cl_fail(err, CL_ENOMEM, "download: out of memory for %zu requests", batch->n); goto done; }
+    if (!R.slots || !R.rs) { st = cl_fail(err, CL_ENOMEM, "download: out of memory for %zu requests", batch->n); goto done; }
+    st = cl_http_queue_init(&R.queue, batch->n, err);
+    if (st) goto done;
     for (size_t i = 0; i < batch->n; i++) R.rs[i].fd = -1;
     const char *fixed = "Accept-Encoding: identity"; /* sizes are of the bytes as stored */
     if (!(R.hdr_plain = curl_slist_append(NULL, fixed)) || !(R.hdr_auth = curl_slist_append(NULL, fixed))) {
@@ -734,22 +699,15 @@ cl_status cl_download_run(const cl_dl_opts *opts, const cl_dl_batch *batch, cl_e
         if (!l) { st = cl_fail(err, CL_ENOMEM, "download: out of memory for headers"); goto done; }
         R.hdr_auth = l;
     }
-    R.multi = curl_multi_init();
-    if (!R.multi) { st = cl_fail(err, CL_EHTTP, "libcurl: could not create a multi handle (was curl_global_init called?)"); goto done; }
-    curl_multi_setopt(R.multi, CURLMOPT_MAXCONNECTS, (long)opts->concurrency + 4);
+    st = cl_http_multi_new(&R.multi, opts->concurrency, err);
+    if (st) goto done;
     double cap = 0.25;
     if (opts->stall_timeout_s > 0 && opts->stall_timeout_s / 4 < cap) cap = opts->stall_timeout_s / 4;
     cl_http_driver d = {&R, "download", &batch->cancel, cap, drv_start, drv_finished, drv_tick, drv_idle};
     st = cl_http_drive(R.multi, &d, err);
 done:
     if (R.slots) {
-        for (int k = 0; k < opts->concurrency; k++) {
-            slot *s = &R.slots[k];
-            if (s->easy) {
-                if (s->busy && R.multi) curl_multi_remove_handle(R.multi, s->easy);
-                curl_easy_cleanup(s->easy);
-            }
-        }
+        for (int k = 0; k < opts->concurrency; k++) cl_http_easy_free(R.multi, R.slots[k].easy, R.slots[k].busy);
     }
     if (R.multi) curl_multi_cleanup(R.multi);
     if (R.rs) {
@@ -770,7 +728,7 @@ done:
     curl_slist_free_all(R.hdr_plain);
     free(R.slots);
     free(R.rs);
-    free(R.retry_q);
+    cl_http_queue_free(&R.queue);
     return st;
 }
 

@@ -55,7 +55,6 @@ typedef struct {
 
 typedef struct {
     int attempts;
-    double not_before; /* earliest start of the next attempt (backoff) */
     double t_first;
 } req_state;
 
@@ -189,6 +188,56 @@ int cl_http_retryable_curl(int code) {
 int cl_http_retryable_status(long s) { return s == 408 || s == 409 || s == 429 || s >= 500; }
 
 /* libcurl copies header lines; overwrite those copies (they hold the API key) before freeing. */
+cl_status cl_http_easy_new(void **easy, void *priv, cl_http_write_fn on_body, cl_http_write_fn on_header,
+                           char *errbuf, const char *user_agent, double connect_timeout_s, cl_error *err) {
+    CURL *e = curl_easy_init();
+    *easy = e;
+    if (!e) return cl_fail(err, CL_EHTTP, "libcurl: could not create a transfer handle");
+    CURLcode c = CURLE_OK;
+#define SET(opt, val) do { if (!c) c = curl_easy_setopt(e, opt, val); } while (0)
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_PRIVATE, priv);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, priv);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, priv);
+    SET(CURLOPT_ERRORBUFFER, errbuf);
+    SET(CURLOPT_USERAGENT, user_agent);
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    if (connect_timeout_s > 0) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(connect_timeout_s * 1000));
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    SET(CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+#undef SET
+    if (c) return cl_fail(err, CL_EHTTP, "libcurl: setting up a transfer failed: %s", curl_easy_strerror(c));
+    return CL_OK;
+}
+
+void cl_http_easy_free(void *multi, void *easy, int busy) {
+    if (!easy) return;
+    if (busy && multi) curl_multi_remove_handle((CURLM *)multi, (CURL *)easy);
+    curl_easy_cleanup((CURL *)easy);
+}
+
+cl_status cl_http_multi_new(void **multi, int concurrency, cl_error *err) {
+    CURLM *m = curl_multi_init();
+    *multi = m;
+    if (!m) return cl_fail(err, CL_EHTTP, "libcurl: could not create a multi handle (was curl_global_init called?)");
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)concurrency + 4);
+    return CL_OK;
+}
+
+cl_status cl_http_add_transfer(void *multi, void *easy, int setopt, size_t i, cl_error *err) {
+    if (setopt) return cl_fail(err, CL_EINVAL, "request %zu: libcurl refused it: %s", i, curl_easy_strerror((CURLcode)setopt));
+    CURLMcode mc = curl_multi_add_handle((CURLM *)multi, (CURL *)easy);
+    if (mc) return cl_fail(err, CL_EHTTP, "libcurl: could not start a transfer: %s", curl_multi_strerror(mc));
+    return CL_OK;
+}
+
 void cl_http_wipe_slist(struct curl_slist *l) {
     for (struct curl_slist *p = l; p; p = p->next)
         if (p->data) {
@@ -196,6 +245,52 @@ void cl_http_wipe_slist(struct curl_slist *l) {
             while (*c) *c++ = 0;
         }
     curl_slist_free_all(l);
+}
+
+/* ---- which request starts next ---- */
+
+cl_status cl_http_queue_init(cl_http_queue *q, size_t n, cl_error *err) {
+    memset(q, 0, sizeof *q);
+    q->n = n;
+    q->picked = (size_t)-1;
+    q->retry = calloc(n ? n : 1, sizeof *q->retry);
+    q->not_before = calloc(n ? n : 1, sizeof *q->not_before);
+    if (!q->retry || !q->not_before) {
+        cl_http_queue_free(q);
+        return cl_fail(err, CL_ENOMEM, "http: out of memory for the queue of %zu requests", n);
+    }
+    return CL_OK;
+}
+
+void cl_http_queue_free(cl_http_queue *q) {
+    free(q->retry);
+    free(q->not_before);
+    q->retry = NULL;
+    q->not_before = NULL;
+}
+
+void cl_http_queue_retry(cl_http_queue *q, size_t i, double not_before) {
+    q->not_before[i] = not_before;
+    q->retry[q->n_retry++] = i;
+}
+
+int cl_http_queue_peek(cl_http_queue *q, double now, size_t *i, double *wake) {
+    size_t pos = (size_t)-1;
+    double earliest = INFINITY;
+    for (size_t k = 0; k < q->n_retry; k++) {
+        double nb = q->not_before[q->retry[k]];
+        if (nb < earliest) { earliest = nb; pos = k; }
+    }
+    if (earliest > now && earliest < *wake) *wake = earliest;
+    if (pos != (size_t)-1 && earliest <= now) { q->picked = pos; *i = q->retry[pos]; return 1; }
+    if (q->next_fresh < q->n) { q->picked = (size_t)-1; *i = q->next_fresh; return 1; }
+    return 0;
+}
+
+void cl_http_queue_take(cl_http_queue *q) {
+    if (q->picked != (size_t)-1) q->retry[q->picked] = q->retry[--q->n_retry];
+    else q->next_fresh++;
+    q->picked = (size_t)-1;
 }
 
 /* ---- the run ---- */
@@ -208,8 +303,8 @@ typedef struct {
     struct curl_slist *headers;
     slot *slots;
     req_state *rs;
-    size_t *retry_q; /* request indices waiting for their backoff */
-    size_t n_retry, next_fresh, n_final;
+    cl_http_queue queue; /* which request starts next */
+    size_t n_final;
     int active;
     gate rpm, tpm;
     double pause_until; /* a 429 with Retry-After pauses every start until then */
@@ -218,31 +313,17 @@ typedef struct {
 
 static cl_status slot_init(run *R, slot *s, cl_error *err) {
     const cl_http_opts *o = R->o;
-    s->easy = curl_easy_init();
-    if (!s->easy) return cl_fail(err, CL_EHTTP, "libcurl: could not create a transfer handle");
+    cl_status st = cl_http_easy_new(&s->easy, s, on_body, on_header, s->errbuf, "ctxlookup/0.1 (libcurl)",
+                                    o->connect_timeout_s, err);
+    if (st) return st;
     CURL *e = s->easy;
     CURLcode c = CURLE_OK;
 #define SET(opt, val) do { if (!c) c = curl_easy_setopt(e, opt, val); } while (0)
-    SET(CURLOPT_NOSIGNAL, 1L);
-    SET(CURLOPT_PRIVATE, (void *)s);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, (void *)s);
-    SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, (void *)s);
-    SET(CURLOPT_ERRORBUFFER, s->errbuf);
     SET(CURLOPT_HTTPHEADER, R->headers);
     SET(CURLOPT_POST, 1L);
-    SET(CURLOPT_USERAGENT, "ctxlookup/0.1 (libcurl)");
     SET(CURLOPT_ACCEPT_ENCODING, "");
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     if (o->timeout_s > 0) SET(CURLOPT_TIMEOUT_MS, (long)ceil(o->timeout_s * 1000));
-    if (o->connect_timeout_s > 0) SET(CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(o->connect_timeout_s * 1000));
-#if LIBCURL_VERSION_NUM >= 0x075500
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
 #undef SET
     if (c) return cl_fail(err, CL_EHTTP, "libcurl: setting up a transfer failed: %s", curl_easy_strerror(c));
     return CL_OK;
@@ -267,9 +348,8 @@ static cl_status start_attempt(run *R, size_t i, double now, cl_error *err) {
     CURLcode c = curl_easy_setopt(s->easy, CURLOPT_URL, q->url);
     if (!c) c = curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)q->body_len);
     if (!c) c = curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, q->body_len ? q->body : "");
-    if (c) return cl_fail(err, CL_EINVAL, "request %zu: libcurl refused it: %s", i, curl_easy_strerror(c));
-    CURLMcode mc = curl_multi_add_handle(R->multi, s->easy);
-    if (mc) return cl_fail(err, CL_EHTTP, "libcurl: could not start a transfer: %s", curl_multi_strerror(mc));
+    cl_status st = cl_http_add_transfer(R->multi, s->easy, c, i, err);
+    if (st) return st;
     s->busy = 1;
     req_state *r = &R->rs[i];
     if (r->attempts == 0) r->t_first = now;
@@ -287,16 +367,8 @@ static cl_status start_attempt(run *R, size_t i, double now, cl_error *err) {
 static cl_status start_ready(run *R, double now, double *wake, cl_error *err) {
     *wake = INFINITY;
     while (R->active < R->o->concurrency) {
-        size_t pick_pos = (size_t)-1, i;
-        double earliest = INFINITY;
-        for (size_t k = 0; k < R->n_retry; k++) {
-            double nb = R->rs[R->retry_q[k]].not_before;
-            if (nb < earliest) { earliest = nb; pick_pos = k; }
-        }
-        if (pick_pos != (size_t)-1 && earliest <= now) i = R->retry_q[pick_pos];
-        else if (R->next_fresh < R->b->n) { i = R->next_fresh; pick_pos = (size_t)-1; }
-        else { if (earliest < *wake) *wake = earliest; break; }
-        if (pick_pos == (size_t)-1 && earliest < *wake) *wake = earliest;
+        size_t i;
+        if (!cl_http_queue_peek(&R->queue, now, &i, wake)) break;
         double w = 0;
         if (R->pause_until > now) w = R->pause_until - now;
         double gw = gate_wait(&R->rpm, now);
@@ -304,8 +376,7 @@ static cl_status start_ready(run *R, double now, double *wake, cl_error *err) {
         gw = gate_wait(&R->tpm, now);
         if (gw > w) w = gw;
         if (w > 0) { if (now + w < *wake) *wake = now + w; break; }
-        if (pick_pos != (size_t)-1) R->retry_q[pick_pos] = R->retry_q[--R->n_retry];
-        else R->next_fresh++;
+        cl_http_queue_take(&R->queue);
         cl_status st = start_attempt(R, i, now, err);
         if (st) return st;
     }
@@ -359,8 +430,7 @@ static cl_status finish_attempt(run *R, slot *s, CURLcode code, double now, cl_e
             delay = cl_http_backoff(o->backoff_base_s, o->backoff_max_s, q->attempts, &R->rng);
         }
         if (retry) {
-            q->not_before = now + delay;
-            R->retry_q[R->n_retry++] = i;
+            cl_http_queue_retry(&R->queue, i, now + delay);
             return CL_OK;
         }
     }
@@ -475,8 +545,9 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
     R.rng = cl_http_seed(opts->seed);
     R.slots = calloc((size_t)opts->concurrency, sizeof *R.slots);
     R.rs = calloc(batch->n, sizeof *R.rs);
-    R.retry_q = calloc(batch->n, sizeof *R.retry_q);
-    if (!R.slots || !R.rs || !R.retry_q) { st = cl_fail(err, CL_ENOMEM, "http: out of memory for %zu requests", batch->n); goto done; }
+    if (!R.slots || !R.rs) { st = cl_fail(err, CL_ENOMEM, "http: out of memory for %zu requests", batch->n); goto done; }
+    st = cl_http_queue_init(&R.queue, batch->n, err);
+    if (st) goto done;
     const char *fixed[] = {"Content-Type: application/json", "Accept: application/json", "Expect:"};
     for (size_t k = 0; k < sizeof fixed / sizeof fixed[0] + batch->n_headers; k++) {
         const char *h = k < sizeof fixed / sizeof fixed[0] ? fixed[k] : batch->headers[k - sizeof fixed / sizeof fixed[0]];
@@ -484,20 +555,15 @@ cl_status cl_http_run(const cl_http_opts *opts, const cl_http_batch *batch, cl_h
         if (!l) { st = cl_fail(err, CL_ENOMEM, "http: out of memory for headers"); goto done; }
         R.headers = l;
     }
-    R.multi = curl_multi_init();
-    if (!R.multi) { st = cl_fail(err, CL_EHTTP, "libcurl: could not create a multi handle (was curl_global_init called?)"); goto done; }
-    curl_multi_setopt(R.multi, CURLMOPT_MAXCONNECTS, (long)opts->concurrency + 4);
+    st = cl_http_multi_new(&R.multi, opts->concurrency, err);
+    if (st) goto done;
     cl_http_driver d = {&R, "http", &batch->cancel, 1.0, drv_start, drv_finished, drv_tick, drv_idle};
     st = cl_http_drive(R.multi, &d, err);
 done:
     if (R.slots) {
         for (int k = 0; k < opts->concurrency; k++) {
-            slot *s = &R.slots[k];
-            if (s->easy) {
-                if (s->busy && R.multi) curl_multi_remove_handle(R.multi, s->easy);
-                curl_easy_cleanup(s->easy);
-            }
-            free(s->body.p);
+            cl_http_easy_free(R.multi, R.slots[k].easy, R.slots[k].busy);
+            free(R.slots[k].body.p);
         }
     }
     if (R.multi) curl_multi_cleanup(R.multi);
@@ -509,7 +575,7 @@ done:
     cl_http_wipe_slist(R.headers);
     free(R.slots);
     free(R.rs);
-    free(R.retry_q);
+    cl_http_queue_free(&R.queue);
     stats->seconds = now_s() - t0;
     return st;
 }

@@ -123,6 +123,40 @@ int cl_http_retryable_status(long status);
 int cl_http_header_value(const char *p, size_t n, const char *name, const char **value);
 /* Overwrite then free libcurl's copies of header lines (they may hold a token). */
 void cl_http_wipe_slist(struct curl_slist *l);
+/* A transfer handle with what both engines set: no signals, `priv` as CURLINFO_PRIVATE and the
+ * callbacks' data, the body and header callbacks, the error buffer (CURL_ERROR_SIZE bytes), TCP
+ * keep-alive, `user_agent`, the connect timeout (when > 0) and http/https only (redirects too). */
+typedef size_t (*cl_http_write_fn)(char *p, size_t size, size_t nmemb, void *priv);
+cl_status cl_http_easy_new(void **easy /* CURL ** */, void *priv, cl_http_write_fn on_body, cl_http_write_fn on_header,
+                           char *errbuf, const char *user_agent, double connect_timeout_s, cl_error *err);
+/* A transfer handle's end: out of the multi handle first when it is in one (`busy`); NULL is fine. */
+void cl_http_easy_free(void *multi /* CURLM * */, void *easy /* CURL * */, int busy);
+/* The multi handle of a run of `concurrency` transfers at once. */
+cl_status cl_http_multi_new(void **multi /* CURLM ** */, int concurrency, cl_error *err);
+/* Request i's transfer joins the multi handle, unless setting its options failed (`setopt`, a
+ * CURLcode); either failure is an error naming it. */
+cl_status cl_http_add_transfer(void *multi /* CURLM * */, void *easy /* CURL * */, int setopt, size_t i, cl_error *err);
+
+/* Which of a batch's n requests starts next, for both engines: a retry whose backoff has passed
+ * (the one due earliest) before the next request not yet tried; requests start in batch order. */
+typedef struct {
+    size_t n;           /* requests in the batch */
+    size_t next_fresh;  /* the next request not yet tried (n: none left) */
+    size_t n_retry;     /* retries waiting */
+    size_t *retry;      /* [n] their indices (first n_retry used) */
+    double *not_before; /* [n] per request: the earliest start of its next attempt */
+    size_t picked;      /* cl_http_queue_peek's pick: a position in retry, or (size_t)-1 for fresh */
+} cl_http_queue;
+cl_status cl_http_queue_init(cl_http_queue *q, size_t n, cl_error *err);
+void cl_http_queue_free(cl_http_queue *q);
+/* Request i waits for another attempt, not before time `not_before`. */
+void cl_http_queue_retry(cl_http_queue *q, size_t i, double not_before);
+/* The request that may start at `now`: 1 and *i, or 0 when none may (no retry is due and every
+ * request has been tried). *wake is lowered to when the earliest waiting retry becomes due, if that
+ * is still to come. Nothing is taken until cl_http_queue_take. */
+int cl_http_queue_peek(cl_http_queue *q, double now, size_t *i, double *wake);
+/* The request of the last successful peek starts: it leaves the queue. */
+void cl_http_queue_take(cl_http_queue *q);
 
 /* The multi-interface loop both engines run. Each round: check cancellation (every
  * CL_HTTP_CANCEL_EVERY_S), start what is due, let libcurl move data, hand every finished

@@ -1,7 +1,7 @@
 /* tests/c/test_llm.c: the LLM client's C parts without Python: request bodies and response /
  * error parsing (cl_llm), Retry-After parsing, option checks, and the engine (cl_http) against a
  * closed local port (every attempt refused, retried with backoff, reported once) and against a
- * cancel callback. The HTTP paths with real responses are covered by tests/test_llm.py against a
+ * cancel callback; the start queue both engines share (cl_http_queue). The HTTP paths with real responses are covered by tests/test_llm.py against a
  * mock server. Ends with "N passed, N failed". */
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -252,12 +252,50 @@ static void test_engine(void) {
           p.done_calls);
 }
 
+/* Fresh requests in batch order; a retry once its time has come, the earliest due first, before
+ * any fresh one; nothing while no retry is due and every request has been tried. */
+static void test_queue(void) {
+    cl_error err = {0};
+    cl_http_queue q;
+    size_t i = 99;
+    double wake = INFINITY;
+    CHECK(cl_http_queue_init(&q, 4, &err) == CL_OK, "init: %s", err.msg);
+    CHECK(cl_http_queue_peek(&q, 0.0, &i, &wake) && i == 0 && isinf(wake), "first fresh");
+    CHECK(cl_http_queue_peek(&q, 0.0, &i, &wake) && i == 0, "peek takes nothing");
+    cl_http_queue_take(&q);
+    CHECK(cl_http_queue_peek(&q, 0.0, &i, &wake) && i == 1, "then the next fresh");
+    cl_http_queue_take(&q);
+    cl_http_queue_retry(&q, 0, 5.0);
+    cl_http_queue_retry(&q, 1, 3.0);
+    CHECK(cl_http_queue_peek(&q, 1.0, &i, &wake) && i == 2 && wake == 3.0, "no retry due: fresh, wake at 3");
+    wake = 2.0;
+    CHECK(cl_http_queue_peek(&q, 1.0, &i, &wake) && wake == 2.0, "an earlier wake is kept");
+    wake = INFINITY;
+    CHECK(cl_http_queue_peek(&q, 3.0, &i, &wake) && i == 1 && isinf(wake), "due retry before fresh, no wake: %zu", i);
+    cl_http_queue_take(&q);
+    CHECK(q.n_retry == 1 && q.next_fresh == 2, "the retry left, fresh untouched");
+    CHECK(cl_http_queue_peek(&q, 10.0, &i, &wake) && i == 0, "the other retry");
+    cl_http_queue_take(&q);
+    for (size_t want = 2; want < 4; want++) {
+        CHECK(cl_http_queue_peek(&q, 10.0, &i, &wake) && i == want, "fresh %zu: got %zu", want, i);
+        cl_http_queue_take(&q);
+    }
+    CHECK(q.next_fresh == 4 && q.n_retry == 0, "all tried");
+    CHECK(!cl_http_queue_peek(&q, 10.0, &i, &wake) && isinf(wake), "none left");
+    cl_http_queue_retry(&q, 3, 20.0);
+    CHECK(!cl_http_queue_peek(&q, 10.0, &i, &wake) && wake == 20.0, "a retry not yet due: none, wake at 20");
+    CHECK(cl_http_queue_peek(&q, 20.0, &i, &wake) && i == 3, "due at its time");
+    cl_http_queue_free(&q);
+    cl_http_queue_free(&q); /* twice is harmless */
+}
+
 int main(void) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     test_body();
     test_parse();
     test_retry_after();
     test_engine();
+    test_queue();
     curl_global_cleanup();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
