@@ -14,11 +14,11 @@ class Scripted:
         self.answers = answers
 
     def complete_many(self, messages_list, **kw):
-        from ctxlookup.explain import _Result
+        from ctxlookup.llm import Result
         out = []
         for m in messages_list:
             ex = m[-1]["content"].split('Example: """\n')[1].split("\n")[0]
-            out.append(_Result(self.answers[ex]))
+            out.append(Result(self.answers[ex], usage=None, cached=False))
         return out
 
 def _tables():
@@ -79,8 +79,8 @@ def test_per_prompt_predictions_match_the_counts():
 
     class Failing(Scripted):
         def complete_many(self, messages_list, **kw):
-            from ctxlookup.explain import _Result
-            return [_Result(None, error="HTTP 500") for _ in messages_list]
+            from ctxlookup.llm import Result
+            return [Result(None, usage=None, cached=False, error="HTTP 500") for _ in messages_list]
 
     out, preds = score_explanations(expl, tp, att, Failing({}), return_predictions=True)
     assert len(preds) == 6 and preds.predicted.isna().all() and (preds.error == "HTTP 500").all()
