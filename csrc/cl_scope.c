@@ -286,21 +286,31 @@ static void regrid(cl_scope *s, size_t j, int e, int64_t st, neuron_buf *b) {
 #define HOT
 #endif
 
-/* The vectorisable part of one row of a chunk: each neuron's bin on its current grid and the
- * document's running maximum (the first position wins ties; non-finite values never count).
- * Values outside [lo, hi] get a meaningless bin here: the scalar pass handles them. */
-HOT static void row_bins(const float *row /* (w) */, int w, const float *scl /* (w) */, const int32_t *st,
-                         int32_t *bin, float *dmax /* (w) */, int32_t *darg, int32_t t) {
+/* The vectorisable part of one row of a chunk: each neuron's bin on its current grid, the
+ * document's running maximum (the first position wins ties; non-finite values never count), and a
+ * flag per neuron for the scalar pass: 1 = the value is outside [lo, hi] (its bin is meaningless:
+ * widen first), 2 = the token's key may enter the sample of the value's band (key <= the band's
+ * threshold). Unflagged neurons only count the value in their bin. */
+HOT static void row_bins(const float *restrict row /* (w) */, int w, const float *restrict scl /* (w) */,
+                         const int32_t *restrict st, const float *restrict lo /* (w) */, const float *restrict hi,
+                         const int32_t *restrict off, int g, int bands, const uint64_t *restrict thr /* (w, bands) */,
+                         uint64_t key, int32_t *restrict bin, uint8_t *restrict flag, float *restrict dmax /* (w) */,
+                         int32_t *restrict darg, int32_t t) {
+    /* bitwise & and | rather than && and ||: no branches, so the loop vectorises */
     for (int i = 0; i < w; i++) {
         const float v = row[i];
-        const int up = v > dmax[i] && v <= FLT_MAX;
+        const int up = (v > dmax[i]) & (v <= FLT_MAX);
         dmax[i] = up ? v : dmax[i];
         darg[i] = up ? t : darg[i];
         float x = v * scl[i];
-        x = x > 4194304.0f || x < -4194304.0f || x != x ? 0.0f : x; /* only out-of-range values: keeps the conversion defined */
+        x = (x > 4194304.0f) | (x < -4194304.0f) | (x != x) ? 0.0f : x; /* only out-of-range values: keeps the conversion defined */
         int32_t c = (int32_t)x;
         c -= (float)c > x;
-        bin[i] = c - st[i];
+        const int32_t bn = c - st[i];
+        const int out = !((v >= lo[i]) & (v <= hi[i]));
+        const int band = out ? 0 : (bn + off[i]) >> g;
+        bin[i] = bn;
+        flag[i] = (uint8_t)(out | (key <= thr[i * bands + band]) << 1);
     }
 }
 
@@ -308,6 +318,7 @@ HOT static void row_bins(const float *row /* (w) */, int w, const float *scl /* 
 typedef struct {
     float lo[CHUNK], hi[CHUNK], scl[CHUNK], dmax[CHUNK], g[CHUNK]; /* (CHUNK) */
     int32_t st[CHUNK], off[CHUNK], darg[CHUNK], bin[CHUNK];
+    uint8_t flag[CHUNK];
     int64_t nonfinite[CHUNK];
     uint64_t *thr; /* (CHUNK, bands): a key must be <= this to enter the band's sample */
     neuron_buf buf;
@@ -320,9 +331,9 @@ static void chunk_load(const cl_scope *s, chunk_scratch *c, size_t j, int i) {
     c->scl[i] = pow2f(-e);
     c->st[i] = (int32_t)s->hist_start[j];
     c->off[i] = (int32_t)(s->hist_start[j] & ((1 << s->band_shift) - 1));
-    for (int bd = 0; bd < s->bands && S; bd++) {
+    for (int bd = 0; bd < s->bands; bd++) {
         band_ref r = band_of(s, j, bd);
-        c->thr[(size_t)i * s->bands + bd] = *r.count < S ? UINT64_MAX : r.key[S - 1];
+        c->thr[(size_t)i * s->bands + bd] = !S ? 0 : *r.count < S ? UINT64_MAX : r.key[S - 1];
     }
 }
 
@@ -354,12 +365,22 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
     if (li < 0) return CL_OK;
     const int M = s->first[li + 1] - s->first[li], bins = s->bins, g = s->band_shift, S = s->samples,
               skip = s->skip_first, bands = s->bands;
-    const int n_chunks = (M + CHUNK - 1) / CHUNK;
+    /* chunks of up to CHUNK neurons, at least two per thread when the layer has few neurons (a
+     * chosen subset), so every thread gets work */
+    const int nt = cl_num_threads();
+    int cw = (M + 2 * nt - 1) / (2 * nt);
+    cw = cw < 8 ? 8 : cw > CHUNK ? CHUNK : cw;
+    const int n_chunks = (M + cw - 1) / cw;
     int64_t counted = 0;
     for (int b = 0; b < B; b++)
         if (lengths[b] > skip) counted += lengths[b] - skip;
+    /* every token's sample key, once for all chunks */
+    uint64_t *keys = malloc((N ? N : 1) * sizeof *keys);
+    if (!keys) return cl_fail(err, CL_ENOMEM, "out of memory for %zu sample keys", N);
+    for (int b = 0; b < B; b++)
+        for (int t = skip; t < lengths[b]; t++) keys[start[b] + t] = cl_scope_key(s->batch_docs[b], t);
     int failed = 0;
-#pragma omp parallel num_threads(cl_num_threads())
+#pragma omp parallel num_threads(nt)
     {
         chunk_scratch *c = calloc(1, sizeof *c);
         int ok = c && buf_alloc(s, &c->buf) && (c->thr = malloc((size_t)CHUNK * bands * sizeof *c->thr));
@@ -370,7 +391,7 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
 #pragma omp for schedule(dynamic, 1)
         for (int ch = 0; ch < n_chunks; ch++) {
             if (!ok) continue;
-            const int i0 = ch * CHUNK, w = i0 + CHUNK < M ? CHUNK : M - i0;
+            const int i0 = ch * cw, w = i0 + cw < M ? cw : M - i0;
             const size_t j0 = (size_t)s->first[li] + i0;
             /* a run of consecutive columns is read in place, others are gathered */
             const int32_t c0 = s->col[j0];
@@ -387,17 +408,23 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
                         row = c->g;
                     } else
                         row += c0;
-                    row_bins(row, w, c->scl, c->st, c->bin, c->dmax, c->darg, t);
-                    const uint64_t key = cl_scope_key(doc, t);
-                    for (int i = 0; i < w; i++) {
+                    const uint64_t key = keys[start[b] + t];
+                    row_bins(row, w, c->scl, c->st, c->lo, c->hi, c->off, g, bands, c->thr, key, c->bin, c->flag, c->dmax,
+                             c->darg, t);
+                    int64_t *h = s->hist + j0 * bins;
+                    for (int i = 0; i < w; i++, h += bins) {
+                        if (__builtin_expect(!c->flag[i], 1)) {
+                            h[c->bin[i]]++;
+                            continue;
+                        }
                         const float v = row[i];
                         const size_t j = j0 + i;
                         int32_t bin = c->bin[i];
-                        if (__builtin_expect(!(v >= c->lo[i] && v <= c->hi[i]), 0)) {
+                        if (c->flag[i] & 1) {
                             if (!widen(s, c, j, i, v)) continue;
                             bin = (int32_t)(grid_cell(v, s->hist_exp[j]) - s->hist_start[j]);
                         }
-                        s->hist[j * bins + bin]++;
+                        h[bin]++;
                         if (S) {
                             const int band = (bin + c->off[i]) >> g;
                             uint64_t *thr = c->thr + (size_t)i * bands + band;
@@ -420,6 +447,7 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
         if (c) { buf_free(&c->buf); free(c->thr); }
         free(c);
     }
+    free(keys);
     if (failed) return cl_fail(err, CL_ENOMEM, "out of memory for the scope's scratch");
     return CL_OK;
 }

@@ -200,3 +200,16 @@ def test_site_cli_and_manifest(small, tmp_path):
     entries = json.loads(idx[idx.index("["):idx.rindex("]") + 1])
     assert sorted((e[0], e[1]) for e in entries) == [(1, i) for i in range(128)]
     assert (site / "style.css").exists() and 'href="../style.css"' in page
+
+
+def test_run_atlas_link_is_relative_and_only_when_the_site_exists(tmp_path):
+    from ctxlookup.neuroscope_site import run_atlas_link
+
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    assert run_atlas_link(str(run), str(run / "report")) is None
+    (run / "atlas" / "site").mkdir(parents=True)
+    assert run_atlas_link(str(run), str(run / "report")) is None  # a folder without the site's index
+    (run / "atlas" / "site" / "index.html").write_text("<html></html>")
+    assert run_atlas_link(str(run), str(run / "report")) == "../atlas/site/index.html"
+    assert run_atlas_link(str(run), str(tmp_path / "elsewhere" / "rep")) == "../../run/atlas/site/index.html"

@@ -21,6 +21,18 @@ TEMPLATES = os.path.join(os.path.dirname(__file__), "neuroscope_templates")
 LEVELS = 8
 
 
+ATLAS_DIR = "atlas"  # a run directory's atlas (python -m ctxlookup.demo builds one there)
+
+
+def run_atlas_link(run_dir: str, page_dir: str):
+    """The href, relative to ``page_dir``, of the atlas site in ``run_dir/atlas`` when there is
+    one; None otherwise (what a run's report links to)."""
+    index = os.path.join(run_dir, ATLAS_DIR, "site", "index.html")
+    if not os.path.isfile(index):
+        return None
+    return os.path.relpath(index, page_dir).replace(os.sep, "/")
+
+
 def _env():
     import jinja2
 
