@@ -15,20 +15,27 @@ import sys
 import time
 
 
-# The atlas's layers: the demo model's last layer (1,024 neurons). Every layer (6,144 neurons) took
-# 427 s on the shared 2-core machine (load average 4.7), far over the minute the demo may add; the
-# last layer alone: see benchmarks/RESULTS.md (Neuroscope).
+# The atlas: the demo model's last layer (1,024 neurons) over the first ATLAS_DOCS documents of the
+# training corpus, so that it adds about a minute to the demo. Every layer over all 900 documents
+# took 427 s on the shared 2-core machine (load average 4.7), the last layer 298 s: see
+# benchmarks/RESULTS.md (Neuroscope).
 ATLAS_LAST_LAYERS = 1
+ATLAS_DOCS = 200
 
 
-def build_atlas(run, last_layers: int = ATLAS_LAST_LAYERS):
-    """The Neuroscope atlas of the run model's last ``last_layers`` layers on the run's corpus, in
-    ``run.dir/atlas`` (its recorded shards reused when it is there already)."""
+def build_atlas(run, last_layers: int = ATLAS_LAST_LAYERS, docs: int = ATLAS_DOCS):
+    """The Neuroscope atlas of the run model's last ``last_layers`` layers on the first ``docs``
+    documents of the run's training corpus, in ``run.dir/atlas`` (its recorded shards reused when
+    it is there already)."""
+    from ..corpus import Corpus
     from ..neuroscope import neuroscope
     from ..neuroscope_site import ATLAS_DIR
 
     L = run.model.cfg.n_layers
-    return neuroscope(run.model, run.corpus("train"), out=os.path.join(run.dir, ATLAS_DIR),
+    corpus = run.corpus("train")
+    docs = min(docs, corpus.limit or docs)
+    corpus = Corpus(corpus.source, text_field=corpus.text_field, limit=docs, name=f"{corpus.name}[:{docs}]")
+    return neuroscope(run.model, corpus, out=os.path.join(run.dir, ATLAS_DIR),
                       layers=list(range(max(0, L - last_layers), L)), batch_tokens=run.opts.batch_tokens,
                       progress=run.opts.progress)
 
