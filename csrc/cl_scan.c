@@ -3,6 +3,8 @@
  * memory. Keeps no model state and never allocates per batch. */
 #include "cl_scan.h"
 
+#include "cl_topk.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ cl_status cl_scanner_new(int n, const int32_t *layers, const int32_t *neurons, i
     }
     memcpy(s->layer, layers, (size_t)n * sizeof *layers);
     memcpy(s->neuron, neurons, (size_t)n * sizeof *neurons);
-    for (size_t i = 0; i < (size_t)n * k; i++) { s->act[i] = -INFINITY; s->doc[i] = -1; s->pos[i] = -1; }
+    cl_topk_clear(s->act, s->doc, s->pos, (size_t)n * k);
     *out = s;
     return CL_OK;
 }
@@ -41,27 +43,10 @@ void cl_scanner_free(cl_scanner *s) {
     free(s);
 }
 
-/* (a, d, p) ranks before (a2, d2, p2)? */
-static inline int better(float a, int64_t d, int32_t p, float a2, int64_t d2, int32_t p2) {
-    if (a != a2) return a > a2;
-    if (d != d2) return d < d2;
-    return p < p2;
-}
-
-static void insert(cl_scanner *s, int j, float a, int64_t d, int32_t p) {
-    const int k = s->k;
-    float *act = s->act + (size_t)j * k;
-    int64_t *doc = s->doc + (size_t)j * k;
-    int32_t *pos = s->pos + (size_t)j * k;
-    int n = s->count[j];
-    if (n == k && !better(a, d, p, act[k - 1], doc[k - 1], pos[k - 1])) return;
-    int i = n < k ? n : k - 1;
-    while (i > 0 && better(a, d, p, act[i - 1], doc[i - 1], pos[i - 1])) {
-        act[i] = act[i - 1]; doc[i] = doc[i - 1]; pos[i] = pos[i - 1];
-        i--;
-    }
-    act[i] = a; doc[i] = d; pos[i] = p;
-    if (n < k) s->count[j] = n + 1;
+static inline cl_topk top_of(cl_scanner *s, int j) {
+    const size_t o = (size_t)j * s->k;
+    cl_topk t = {s->act + o, s->doc + o, s->pos + o, s->count + j, s->k};
+    return t;
 }
 
 cl_status cl_scanner_observe(void *ctx, int layer, const float *data, size_t stride, size_t N, const int32_t *start,
@@ -80,7 +65,7 @@ cl_status cl_scanner_observe(void *ctx, int layer, const float *data, size_t str
                 float v = col[(size_t)t * stride];
                 if (v > mx) { mx = v; best = t; }
             }
-            if (mx == mx) insert(s, j, mx, s->batch_docs[b], best); /* NaN never ranks */
+            if (mx == mx) cl_topk_insert(top_of(s, j), mx, s->batch_docs[b], best); /* NaN never ranks */
         }
     }
     return CL_OK;

@@ -4,6 +4,8 @@
  * chunks are split among the core's threads, so no two threads touch one neuron. */
 #include "cl_scope.h"
 
+#include "cl_topk.h"
+
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -50,13 +52,11 @@ static int grid_exp(float mn, float mx, int bins) {
     return e;
 }
 
-cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, int bins, int samples, cl_scope **out,
-                       cl_error *err) {
+/* The checks and allocation shared by both constructors; the neurons' layers and columns are the
+ * caller's to fill. */
+static cl_status scope_alloc(int n_layers, size_t n, int d_mlp, int k, int bins, int samples, cl_scope **out,
+                             cl_error *err) {
     *out = NULL;
-    if (n_layers < 1) return cl_fail(err, CL_EINVAL, "no layers to scope");
-    for (int i = 0; i < n_layers; i++)
-        if (layers[i] < 0 || (i && layers[i] <= layers[i - 1]))
-            return cl_fail(err, CL_EINVAL, "layers must be distinct, ascending and >= 0 (entry %d is %d)", i, layers[i]);
     if (d_mlp < 1) return cl_fail(err, CL_EINVAL, "d_mlp must be >= 1, got %d", d_mlp);
     if (k < 1) return cl_fail(err, CL_EINVAL, "k must be >= 1, got %d", k);
     if (samples < 0) return cl_fail(err, CL_EINVAL, "samples must be >= 0, got %d", samples);
@@ -65,7 +65,6 @@ cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, in
     if (bins < CL_SCOPE_BANDS || (CL_SCOPE_BANDS << g) != bins)
         return cl_fail(err, CL_EINVAL, "bins must be %d times a power of two (16, 32, 64, 128, ...), got %d",
                        CL_SCOPE_BANDS, bins);
-    size_t n = (size_t)n_layers * d_mlp;
     if (n > INT32_MAX) return cl_fail(err, CL_EINVAL, "too many neurons (%zu)", n);
     cl_scope *s = calloc(1, sizeof *s);
     if (!s) return cl_fail(err, CL_ENOMEM, "out of memory");
@@ -73,6 +72,8 @@ cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, in
     s->band_shift = g; s->bands = CL_SCOPE_BANDS + 1; s->n = (int)n;
     size_t nb = n * s->bands, ns = nb * (samples ? samples : 1);
     s->layers = malloc((size_t)n_layers * sizeof *s->layers);
+    s->first = malloc(((size_t)n_layers + 1) * sizeof *s->first);
+    s->col = malloc(n * sizeof *s->col);
     s->top_act = malloc(n * k * sizeof *s->top_act);
     s->top_doc = malloc(n * k * sizeof *s->top_doc);
     s->top_pos = malloc(n * k * sizeof *s->top_pos);
@@ -89,23 +90,70 @@ cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, in
     s->s_pos = calloc(ns, sizeof *s->s_pos);
     s->s_act = calloc(ns, sizeof *s->s_act);
     s->s_count = calloc(nb, sizeof *s->s_count);
-    if (!s->layers || !s->top_act || !s->top_doc || !s->top_pos || !s->top_count || !s->hist || !s->hist_exp ||
-        !s->hist_start || !s->vmin || !s->vmax || !s->total || !s->nonfinite || !s->s_key || !s->s_doc || !s->s_pos ||
-        !s->s_act || !s->s_count) {
+    if (!s->layers || !s->first || !s->col || !s->top_act || !s->top_doc || !s->top_pos || !s->top_count || !s->hist ||
+        !s->hist_exp || !s->hist_start || !s->vmin || !s->vmax || !s->total || !s->nonfinite || !s->s_key || !s->s_doc ||
+        !s->s_pos || !s->s_act || !s->s_count) {
         cl_scope_free(s);
         return cl_fail(err, CL_ENOMEM, "out of memory for the state of %zu neurons (k = %d, %d bins, %d samples)", n, k,
                        bins, samples);
     }
-    memcpy(s->layers, layers, (size_t)n_layers * sizeof *layers);
-    for (size_t i = 0; i < n * k; i++) { s->top_act[i] = -INFINITY; s->top_doc[i] = -1; s->top_pos[i] = -1; }
+    cl_topk_clear(s->top_act, s->top_doc, s->top_pos, n * k);
     for (size_t j = 0; j < n; j++) { s->hist_exp[j] = CL_SCOPE_EXP_MIN; s->vmin[j] = INFINITY; s->vmax[j] = -INFINITY; }
     *out = s;
     return CL_OK;
 }
 
+cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, int bins, int samples, cl_scope **out,
+                       cl_error *err) {
+    *out = NULL;
+    if (n_layers < 1) return cl_fail(err, CL_EINVAL, "no layers to scope");
+    for (int i = 0; i < n_layers; i++)
+        if (layers[i] < 0 || (i && layers[i] <= layers[i - 1]))
+            return cl_fail(err, CL_EINVAL, "layers must be distinct, ascending and >= 0 (entry %d is %d)", i, layers[i]);
+    cl_status st = scope_alloc(n_layers, (size_t)n_layers * (d_mlp > 0 ? d_mlp : 0), d_mlp, k, bins, samples, out, err);
+    if (st) return st;
+    cl_scope *s = *out;
+    memcpy(s->layers, layers, (size_t)n_layers * sizeof *layers);
+    for (int i = 0; i <= n_layers; i++) s->first[i] = i * d_mlp;
+    for (size_t j = 0; j < (size_t)s->n; j++) s->col[j] = (int32_t)(j % d_mlp);
+    return CL_OK;
+}
+
+cl_status cl_scope_new_subset(int n, const int32_t *layer, const int32_t *neuron, int d_mlp, int k, int bins,
+                              int samples, cl_scope **out, cl_error *err) {
+    *out = NULL;
+    if (n < 1) return cl_fail(err, CL_EINVAL, "no neurons to scope");
+    int n_layers = 0;
+    for (int j = 0; j < n; j++) {
+        if (layer[j] < 0) return cl_fail(err, CL_EINVAL, "entry %d: layer %d is negative", j, layer[j]);
+        if (neuron[j] < 0 || neuron[j] >= d_mlp)
+            return cl_fail(err, CL_EINVAL, "entry %d: neuron %d is outside [0, %d)", j, neuron[j], d_mlp);
+        if (j && (layer[j] < layer[j - 1] || (layer[j] == layer[j - 1] && neuron[j] <= neuron[j - 1])))
+            return cl_fail(err, CL_EINVAL, "the neurons must be distinct and sorted by (layer, neuron): entry %d "
+                           "(layer %d, neuron %d) follows (layer %d, neuron %d)", j, layer[j], neuron[j], layer[j - 1],
+                           neuron[j - 1]);
+        n_layers += !j || layer[j] != layer[j - 1];
+    }
+    cl_status st = scope_alloc(n_layers, (size_t)n, d_mlp, k, bins, samples, out, err);
+    if (st) return st;
+    cl_scope *s = *out;
+    for (int j = 0, li = -1; j < n; j++) {
+        if (!j || layer[j] != layer[j - 1]) { s->layers[++li] = layer[j]; s->first[li] = j; }
+        s->col[j] = neuron[j];
+    }
+    s->first[n_layers] = n;
+    return CL_OK;
+}
+
+int cl_scope_layer_of(const cl_scope *s, int j) {
+    int li = 0;
+    while (li + 1 < s->n_layers && s->first[li + 1] <= j) li++;
+    return s->layers[li];
+}
+
 void cl_scope_free(cl_scope *s) {
     if (!s) return;
-    free(s->layers); free(s->top_act); free(s->top_doc); free(s->top_pos); free(s->top_count);
+    free(s->layers); free(s->first); free(s->col); free(s->top_act); free(s->top_doc); free(s->top_pos); free(s->top_count);
     free(s->hist); free(s->hist_exp); free(s->hist_start); free(s->vmin); free(s->vmax); free(s->total);
     free(s->nonfinite); free(s->s_key); free(s->s_doc); free(s->s_pos); free(s->s_act); free(s->s_count);
     free(s);
@@ -113,27 +161,10 @@ void cl_scope_free(cl_scope *s) {
 
 /* ------------------------------------------------------------------ top-k */
 
-/* (a, d, p) ranks before (a2, d2, p2)? */
-static inline int better(float a, int64_t d, int32_t p, float a2, int64_t d2, int32_t p2) {
-    if (a != a2) return a > a2;
-    if (d != d2) return d < d2;
-    return p < p2;
-}
-
-static void top_insert(cl_scope *s, size_t j, float a, int64_t d, int32_t p) {
-    const int k = s->k;
-    float *act = s->top_act + j * k;
-    int64_t *doc = s->top_doc + j * k;
-    int32_t *pos = s->top_pos + j * k;
-    int n = s->top_count[j];
-    if (n == k && !better(a, d, p, act[k - 1], doc[k - 1], pos[k - 1])) return;
-    int i = n < k ? n : k - 1;
-    while (i > 0 && better(a, d, p, act[i - 1], doc[i - 1], pos[i - 1])) {
-        act[i] = act[i - 1]; doc[i] = doc[i - 1]; pos[i] = pos[i - 1];
-        i--;
-    }
-    act[i] = a; doc[i] = d; pos[i] = p;
-    if (n < k) s->top_count[j] = n + 1;
+static inline cl_topk top_of(cl_scope *s, size_t j) {
+    const size_t o = j * s->k;
+    cl_topk t = {s->top_act + o, s->top_doc + o, s->top_pos + o, s->top_count + j, s->k};
+    return t;
 }
 
 /* ------------------------------------------------------------------ samples */
@@ -255,28 +286,39 @@ static void regrid(cl_scope *s, size_t j, int e, int64_t st, neuron_buf *b) {
 #define HOT
 #endif
 
-/* The vectorisable part of one row of a chunk: each neuron's bin on its current grid and the
- * document's running maximum (the first position wins ties; non-finite values never count).
- * Values outside [lo, hi] get a meaningless bin here: the scalar pass handles them. */
-HOT static void row_bins(const float *row /* (w) */, int w, const float *scl /* (w) */, const int32_t *st,
-                         int32_t *bin, float *dmax /* (w) */, int32_t *darg, int32_t t) {
+/* The vectorisable part of one row of a chunk: each neuron's bin on its current grid, the
+ * document's running maximum (the first position wins ties; non-finite values never count), and a
+ * flag per neuron for the scalar pass: 1 = the value is outside [lo, hi] (its bin is meaningless:
+ * widen first), 2 = the token's key may enter the sample of the value's band (key <= the band's
+ * threshold). Unflagged neurons only count the value in their bin. */
+HOT static void row_bins(const float *restrict row /* (w) */, int w, const float *restrict scl /* (w) */,
+                         const int32_t *restrict st, const float *restrict lo /* (w) */, const float *restrict hi,
+                         const int32_t *restrict off, int g, int bands, const uint64_t *restrict thr /* (w, bands) */,
+                         uint64_t key, int32_t *restrict bin, uint8_t *restrict flag, float *restrict dmax /* (w) */,
+                         int32_t *restrict darg, int32_t t) {
+    /* bitwise & and | rather than && and ||: no branches, so the loop vectorises */
     for (int i = 0; i < w; i++) {
         const float v = row[i];
-        const int up = v > dmax[i] && v <= FLT_MAX;
+        const int up = (v > dmax[i]) & (v <= FLT_MAX);
         dmax[i] = up ? v : dmax[i];
         darg[i] = up ? t : darg[i];
         float x = v * scl[i];
-        x = x > 4194304.0f || x < -4194304.0f || x != x ? 0.0f : x; /* only out-of-range values: keeps the conversion defined */
+        x = (x > 4194304.0f) | (x < -4194304.0f) | (x != x) ? 0.0f : x; /* only out-of-range values: keeps the conversion defined */
         int32_t c = (int32_t)x;
         c -= (float)c > x;
-        bin[i] = c - st[i];
+        const int32_t bn = c - st[i];
+        const int out = !((v >= lo[i]) & (v <= hi[i]));
+        const int band = out ? 0 : (bn + off[i]) >> g;
+        bin[i] = bn;
+        flag[i] = (uint8_t)(out | (key <= thr[i * bands + band]) << 1);
     }
 }
 
 /* Per-thread scratch for one chunk of neurons. */
 typedef struct {
-    float lo[CHUNK], hi[CHUNK], scl[CHUNK], dmax[CHUNK]; /* (CHUNK) */
+    float lo[CHUNK], hi[CHUNK], scl[CHUNK], dmax[CHUNK], g[CHUNK]; /* (CHUNK) */
     int32_t st[CHUNK], off[CHUNK], darg[CHUNK], bin[CHUNK];
+    uint8_t flag[CHUNK];
     int64_t nonfinite[CHUNK];
     uint64_t *thr; /* (CHUNK, bands): a key must be <= this to enter the band's sample */
     neuron_buf buf;
@@ -289,9 +331,9 @@ static void chunk_load(const cl_scope *s, chunk_scratch *c, size_t j, int i) {
     c->scl[i] = pow2f(-e);
     c->st[i] = (int32_t)s->hist_start[j];
     c->off[i] = (int32_t)(s->hist_start[j] & ((1 << s->band_shift) - 1));
-    for (int bd = 0; bd < s->bands && S; bd++) {
+    for (int bd = 0; bd < s->bands; bd++) {
         band_ref r = band_of(s, j, bd);
-        c->thr[(size_t)i * s->bands + bd] = *r.count < S ? UINT64_MAX : r.key[S - 1];
+        c->thr[(size_t)i * s->bands + bd] = !S ? 0 : *r.count < S ? UINT64_MAX : r.key[S - 1];
     }
 }
 
@@ -321,13 +363,24 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
     for (int i = 0; i < s->n_layers; i++)
         if (s->layers[i] == layer) li = i;
     if (li < 0) return CL_OK;
-    const int M = s->d_mlp, bins = s->bins, g = s->band_shift, S = s->samples, skip = s->skip_first, bands = s->bands;
-    const int n_chunks = (M + CHUNK - 1) / CHUNK;
+    const int M = s->first[li + 1] - s->first[li], bins = s->bins, g = s->band_shift, S = s->samples,
+              skip = s->skip_first, bands = s->bands;
+    /* chunks of up to CHUNK neurons, at least two per thread when the layer has few neurons (a
+     * chosen subset), so every thread gets work */
+    const int nt = cl_num_threads();
+    int cw = (M + 2 * nt - 1) / (2 * nt);
+    cw = cw < 8 ? 8 : cw > CHUNK ? CHUNK : cw;
+    const int n_chunks = (M + cw - 1) / cw;
     int64_t counted = 0;
     for (int b = 0; b < B; b++)
         if (lengths[b] > skip) counted += lengths[b] - skip;
+    /* every token's sample key, once for all chunks */
+    uint64_t *keys = malloc((N ? N : 1) * sizeof *keys);
+    if (!keys) return cl_fail(err, CL_ENOMEM, "out of memory for %zu sample keys", N);
+    for (int b = 0; b < B; b++)
+        for (int t = skip; t < lengths[b]; t++) keys[start[b] + t] = cl_scope_key(s->batch_docs[b], t);
     int failed = 0;
-#pragma omp parallel num_threads(cl_num_threads())
+#pragma omp parallel num_threads(nt)
     {
         chunk_scratch *c = calloc(1, sizeof *c);
         int ok = c && buf_alloc(s, &c->buf) && (c->thr = malloc((size_t)CHUNK * bands * sizeof *c->thr));
@@ -338,26 +391,40 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
 #pragma omp for schedule(dynamic, 1)
         for (int ch = 0; ch < n_chunks; ch++) {
             if (!ok) continue;
-            const int i0 = ch * CHUNK, w = i0 + CHUNK < M ? CHUNK : M - i0;
-            const size_t j0 = (size_t)li * M + i0;
+            const int i0 = ch * cw, w = i0 + cw < M ? cw : M - i0;
+            const size_t j0 = (size_t)s->first[li] + i0;
+            /* a run of consecutive columns is read in place, others are gathered */
+            const int32_t c0 = s->col[j0];
+            const int gather = s->col[j0 + w - 1] - c0 != w - 1;
             for (int i = 0; i < w; i++) { chunk_load(s, c, j0 + i, i); c->nonfinite[i] = 0; }
             for (int b = 0; b < B; b++) {
                 if (lengths[b] <= skip) continue;
                 const int64_t doc = s->batch_docs[b];
                 for (int i = 0; i < w; i++) { c->dmax[i] = -INFINITY; c->darg[i] = -1; }
                 for (int t = skip; t < lengths[b]; t++) {
-                    const float *row = data + ((size_t)start[b] + t) * stride + i0;
-                    row_bins(row, w, c->scl, c->st, c->bin, c->dmax, c->darg, t);
-                    const uint64_t key = cl_scope_key(doc, t);
-                    for (int i = 0; i < w; i++) {
+                    const float *row = data + ((size_t)start[b] + t) * stride;
+                    if (gather) {
+                        for (int i = 0; i < w; i++) c->g[i] = row[s->col[j0 + i]];
+                        row = c->g;
+                    } else
+                        row += c0;
+                    const uint64_t key = keys[start[b] + t];
+                    row_bins(row, w, c->scl, c->st, c->lo, c->hi, c->off, g, bands, c->thr, key, c->bin, c->flag, c->dmax,
+                             c->darg, t);
+                    int64_t *h = s->hist + j0 * bins;
+                    for (int i = 0; i < w; i++, h += bins) {
+                        if (__builtin_expect(!c->flag[i], 1)) {
+                            h[c->bin[i]]++;
+                            continue;
+                        }
                         const float v = row[i];
                         const size_t j = j0 + i;
                         int32_t bin = c->bin[i];
-                        if (__builtin_expect(!(v >= c->lo[i] && v <= c->hi[i]), 0)) {
+                        if (c->flag[i] & 1) {
                             if (!widen(s, c, j, i, v)) continue;
                             bin = (int32_t)(grid_cell(v, s->hist_exp[j]) - s->hist_start[j]);
                         }
-                        s->hist[j * bins + bin]++;
+                        h[bin]++;
                         if (S) {
                             const int band = (bin + c->off[i]) >> g;
                             uint64_t *thr = c->thr + (size_t)i * bands + band;
@@ -370,7 +437,7 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
                     }
                 }
                 for (int i = 0; i < w; i++)
-                    if (c->darg[i] >= 0) top_insert(s, j0 + i, c->dmax[i], doc, c->darg[i]);
+                    if (c->darg[i] >= 0) cl_topk_insert(top_of(s, j0 + i), c->dmax[i], doc, c->darg[i]);
             }
             for (int i = 0; i < w; i++) {
                 s->nonfinite[j0 + i] += c->nonfinite[i];
@@ -380,6 +447,7 @@ cl_status cl_scope_observe(void *ctx, int layer, const float *data, size_t strid
         if (c) { buf_free(&c->buf); free(c->thr); }
         free(c);
     }
+    free(keys);
     if (failed) return cl_fail(err, CL_ENOMEM, "out of memory for the scope's scratch");
     return CL_OK;
 }
@@ -405,15 +473,16 @@ cl_status cl_scope_normalize(cl_scope *s, cl_error *err) {
 
 cl_status cl_scope_merge(cl_scope *dst, cl_scope *src, cl_error *err) {
     if (dst->n_layers != src->n_layers || memcmp(dst->layers, src->layers, (size_t)dst->n_layers * sizeof(int32_t)) ||
-        dst->d_mlp != src->d_mlp || dst->k != src->k || dst->bins != src->bins || dst->samples != src->samples)
-        return cl_fail(err, CL_EINVAL, "the states differ in layers, d_mlp, k, bins or samples and cannot be merged");
+        dst->n != src->n || memcmp(dst->first, src->first, ((size_t)dst->n_layers + 1) * sizeof(int32_t)) ||
+        memcmp(dst->col, src->col, (size_t)dst->n * sizeof(int32_t)) || dst->d_mlp != src->d_mlp || dst->k != src->k || dst->bins != src->bins || dst->samples != src->samples)
+        return cl_fail(err, CL_EINVAL, "the states differ in neurons, d_mlp, k, bins or samples and cannot be merged");
     cl_status st0 = cl_scope_normalize(dst, err);
     if (st0 || (st0 = cl_scope_normalize(src, err))) return st0;
     neuron_buf b;
     if (!buf_alloc(dst, &b)) { buf_free(&b); return cl_fail(err, CL_ENOMEM, "out of memory"); }
     for (size_t j = 0; j < (size_t)dst->n; j++) {
         for (int r = 0; r < src->top_count[j]; r++)
-            top_insert(dst, j, src->top_act[j * src->k + r], src->top_doc[j * src->k + r], src->top_pos[j * src->k + r]);
+            cl_topk_insert(top_of(dst, j), src->top_act[j * src->k + r], src->top_doc[j * src->k + r], src->top_pos[j * src->k + r]);
         dst->total[j] += src->total[j];
         dst->nonfinite[j] += src->nonfinite[j];
         if (!(src->vmin[j] <= src->vmax[j])) continue;
@@ -435,7 +504,7 @@ cl_status cl_scope_merge(cl_scope *dst, cl_scope *src, cl_error *err) {
 
 cl_status cl_scope_validate(const cl_scope *s, cl_error *err) {
     for (size_t j = 0; j < (size_t)s->n; j++) {
-        const int L = s->layers[j / s->d_mlp], i = (int)(j % s->d_mlp);
+        const int L = cl_scope_layer_of(s, (int)j), i = s->col[j];
         if (s->top_count[j] < 0 || s->top_count[j] > s->k)
             return cl_fail(err, CL_EINVAL, "layer %d neuron %d: top-k count %d is outside [0, %d]", L, i, s->top_count[j], s->k);
         int64_t sum = 0;

@@ -29,7 +29,9 @@ typedef struct {
     int n_layers;              /* layers observed */
     int32_t *layers;           /* (n_layers) model layer of each, ascending */
     int d_mlp, k, bins, samples, bands, band_shift;
-    int n;                     /* n_layers * d_mlp neurons: neuron j is layers[j / d_mlp], index j % d_mlp */
+    int n;                     /* neurons, sorted by (layer, neuron): all d_mlp of each layer, or a chosen subset */
+    int32_t *first;            /* (n_layers + 1) the neurons of layers[li] are j in [first[li], first[li + 1]) */
+    int32_t *col;              /* (n) neuron j's index within its layer (its column in mlp.hook_post) */
     /* top-k documents */
     float *top_act;            /* (n, k) */
     int64_t *top_doc;          /* (n, k), -1 = empty */
@@ -55,7 +57,13 @@ typedef struct {
 
 cl_status cl_scope_new(int n_layers, const int32_t *layers, int d_mlp, int k, int bins, int samples, cl_scope **out,
                        cl_error *err);
+/* A state for the chosen neurons only: n (layer, neuron) pairs, distinct and sorted by layer, then
+ * neuron; each neuron's state is the same as in a state of its whole layer. */
+cl_status cl_scope_new_subset(int n, const int32_t *layer /* (n) */, const int32_t *neuron /* (n) */, int d_mlp, int k,
+                              int bins, int samples, cl_scope **out, cl_error *err);
 void cl_scope_free(cl_scope *s);
+/* The layer of neuron j. */
+int cl_scope_layer_of(const cl_scope *s, int j);
 /* The sample key of a token: a fixed hash of (document id, position). */
 uint64_t cl_scope_key(int64_t doc, int32_t pos);
 /* Observer for blocks.{layer}.mlp.hook_post (ctx = the scope). */

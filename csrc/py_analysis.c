@@ -148,28 +148,38 @@ static PyTypeObject ScannerType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* Shared by scan_batch and attribute_batch: packed tokens + lengths -> forward args. */
-static int prep_tokens(PyObject *to, PyObject *lo, PyArrayObject **T, PyArrayObject **L, int *T_pad) {
-    *T = clpy_int_array(to, NPY_INT32, 1, "tokens");
-    *L = *T ? clpy_int_array(lo, NPY_INT32, 1, "lengths") : NULL;
-    if (!*L) return -1;
+int clpy_batch_open(clpy_batch *b, const cl_model *m, PyObject *to, PyObject *lo, PyObject *dobj) {
+    memset(b, 0, sizeof *b);
+    if (!(b->T = clpy_int_array(to, NPY_INT32, 1, "tokens")) || !(b->L = clpy_int_array(lo, NPY_INT32, 1, "lengths")))
+        return -1;
+    b->B = (int)PyArray_DIM(b->L, 0);
+    if (b->B < 1) { PyErr_SetString(PyExc_ValueError, "no sequences given"); return -1; }
     long long sum = 0;
-    int mx = 0;
-    const int32_t *l = PyArray_DATA(*L);
-    for (npy_intp b = 0; b < PyArray_DIM(*L, 0); b++) { sum += l[b]; if (l[b] > mx) mx = l[b]; }
-    if (sum != PyArray_DIM(*T, 0)) {
-        PyErr_Format(PyExc_ValueError, "the lengths add up to %lld tokens but %zd were given", sum, (Py_ssize_t)PyArray_DIM(*T, 0));
+    const int32_t *l = PyArray_DATA(b->L);
+    for (int i = 0; i < b->B; i++) {
+        if (l[i] < 1) { PyErr_Format(PyExc_ValueError, "lengths[%d] = %d: sequences must not be empty", i, l[i]); return -1; }
+        sum += l[i];
+        if (l[i] > b->T_pad) b->T_pad = l[i];
+    }
+    if (sum != PyArray_DIM(b->T, 0)) {
+        PyErr_Format(PyExc_ValueError, "the lengths add up to %lld tokens but %zd were given", sum, (Py_ssize_t)PyArray_DIM(b->T, 0));
         return -1;
     }
-    *T_pad = mx;
+    if (dobj) {
+        if (!(b->D = clpy_int_array(dobj, NPY_INT64, 1, "doc_ids"))) return -1;
+        if (PyArray_DIM(b->D, 0) != b->B) {
+            PyErr_Format(PyExc_ValueError, "%zd doc ids for %d sequences: one per sequence", (Py_ssize_t)PyArray_DIM(b->D, 0), b->B);
+            return -1;
+        }
+    }
+    b->slots = calloc((size_t)CL_HK_COUNT * (m->cfg.n_layers + 1), sizeof *b->slots);
+    if (!b->slots) { PyErr_NoMemory(); return -1; }
     return 0;
 }
 
-/* A forward pass whose only outputs are the slots' observers: blocks [0, stop), no logits, the
- * GIL released, Ctrl-C honoured. Returns -1 with the exception set on failure. */
-static int observe_forward(const cl_model *m, PyArrayObject *T, PyArrayObject *L, int T_pad, int stop, cl_hook_slot *slots) {
-    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = PyArray_DATA(L), .B = (int)PyArray_DIM(L, 0), .T_pad = T_pad,
-                      .stop_at_layer = stop, .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
+int clpy_batch_forward(clpy_batch *b, const cl_model *m, int stop) {
+    cl_fwd_args fa = {.tokens = PyArray_DATA(b->T), .lengths = PyArray_DATA(b->L), .B = b->B, .T_pad = b->T_pad,
+                      .stop_at_layer = stop, .slots = b->slots, .cancel = {clpy_cancel_fn, NULL}};
     cl_error err = {0};
     cl_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -179,46 +189,68 @@ static int observe_forward(const cl_model *m, PyArrayObject *T, PyArrayObject *L
     return 0;
 }
 
+void clpy_batch_close(clpy_batch *b) {
+    free(b->slots);
+    Py_XDECREF(b->T); Py_XDECREF(b->L); Py_XDECREF(b->D);
+    memset(b, 0, sizeof *b);
+}
+
+/* The scan's observer when a Scope rides along: each observer sees the layers it keeps. */
+typedef struct {
+    cl_scanner *scanner;
+    cl_scope *scope;
+} scan_pair;
+
+static cl_status pair_observe(void *ctx, int layer, const float *data, size_t stride, size_t N, const int32_t *start,
+                              const int32_t *lengths, int B, cl_error *err) {
+    scan_pair *p = ctx;
+    cl_status st = cl_scanner_observe(p->scanner, layer, data, stride, N, start, lengths, B, err);
+    return st ? st : cl_scope_observe(p->scope, layer, data, stride, N, start, lengths, B, err);
+}
+
+/* scan_batch(model, scanner, tokens, lengths, doc_ids, skip_first, scope=None) */
 static PyObject *py_scan_batch(PyObject *self, PyObject *args) {
-    PyObject *mo, *so, *to, *lo, *dobj;
+    PyObject *mo, *so, *to, *lo, *dobj, *sco = Py_None;
     int skip_first;
-    if (!PyArg_ParseTuple(args, "OO!OOOi", &mo, &ScannerType, &so, &to, &lo, &dobj, &skip_first)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO!OOOi|O", &mo, &ScannerType, &so, &to, &lo, &dobj, &skip_first, &sco)) return NULL;
     const cl_model *m = clpy_model_ptr(mo);
     if (!m) return NULL;
     cl_scanner *s = ((ScannerObject *)so)->s;
     if (!s) { PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised"); return NULL; }
-    PyArrayObject *T = NULL, *L = NULL, *Dd = NULL;
-    cl_hook_slot *slots = NULL;
+    cl_scope *scope = NULL;
+    if (sco != Py_None && !(scope = clpy_scope_ptr(sco))) return NULL;
+    clpy_batch bt;
     PyObject *res = NULL;
-    int T_pad;
-    if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
-    if (!(Dd = clpy_int_array(dobj, NPY_INT64, 1, "doc_ids"))) goto done;
-    int B = (int)PyArray_DIM(L, 0);
-    if (PyArray_DIM(Dd, 0) != B) { PyErr_SetString(PyExc_ValueError, "one doc id per sequence"); goto done; }
+    if (clpy_batch_open(&bt, m, to, lo, dobj) < 0) goto done;
     const cl_config *c = &m->cfg;
-    slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
-    if (!slots) { PyErr_NoMemory(); goto done; }
     int deepest = -1;
+    scan_pair pair = {s, scope};
     for (int j = 0; j < s->n; j++) {
         if (s->layer[j] < 0 || s->layer[j] >= c->n_layers || s->d_mlp != c->d_mlp) {
             PyErr_Format(PyExc_ValueError, "scanner neuron %d (layer %d) does not fit this model", j, s->layer[j]);
             goto done;
         }
-        cl_hook_slot *sl = &slots[cl_hook_slot_index(c, CL_HK_MLP_POST, s->layer[j])];
-        sl->observe = cl_scanner_observe;
-        sl->observe_ctx = s;
+        cl_hook_slot *sl = &bt.slots[cl_hook_slot_index(c, CL_HK_MLP_POST, s->layer[j])];
+        sl->observe = scope ? pair_observe : cl_scanner_observe;
+        sl->observe_ctx = scope ? (void *)&pair : (void *)s;
         if (s->layer[j] > deepest) deepest = s->layer[j];
     }
-    s->batch_docs = PyArray_DATA(Dd);
+    for (int i = 0; scope && i < scope->n_layers; i++)
+        if (scope->d_mlp != s->d_mlp || scope->layers[i] >= c->n_layers ||
+            !bt.slots[cl_hook_slot_index(c, CL_HK_MLP_POST, scope->layers[i])].observe) {
+            PyErr_Format(PyExc_ValueError, "the scope's layer %d (d_mlp %d) is not one the scanner observes (d_mlp %d)",
+                         scope->layers[i], scope->d_mlp, s->d_mlp);
+            goto done;
+        }
+    s->batch_docs = PyArray_DATA(bt.D);
     s->skip_first = skip_first;
-    int rc = observe_forward(m, T, L, T_pad, deepest + 1, slots);
+    if (scope) { scope->batch_docs = s->batch_docs; scope->skip_first = skip_first; }
+    int rc = clpy_batch_forward(&bt, m, deepest + 1);
     s->batch_docs = NULL;
-    if (rc < 0) goto done;
-    res = Py_None;
-    Py_INCREF(res);
+    if (scope) scope->batch_docs = NULL;
+    if (rc == 0) res = Py_NewRef(Py_None);
 done:
-    free(slots);
-    Py_XDECREF(T); Py_XDECREF(L); Py_XDECREF(Dd);
+    clpy_batch_close(&bt);
     return res;
 }
 
@@ -227,14 +259,13 @@ static PyObject *py_attribute_batch(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOO", &mo, &to, &lo, &tlo, &tno)) return NULL;
     const cl_model *m = clpy_model_ptr(mo);
     if (!m) return NULL;
-    PyArrayObject *T = NULL, *L = NULL, *TL = NULL, *TN = NULL;
+    PyArrayObject *TL = NULL, *TN = NULL;
     PyObject *score = NULL, *act = NULL, *res = NULL;
-    cl_hook_slot *slots = NULL;
-    int T_pad;
-    if (prep_tokens(to, lo, &T, &L, &T_pad) < 0) goto done;
+    clpy_batch bt;
+    if (clpy_batch_open(&bt, m, to, lo, NULL) < 0) goto done;
     if (!(TL = clpy_int_array(tlo, NPY_INT32, 1, "target_layers")) || !(TN = clpy_int_array(tno, NPY_INT32, 1, "target_neurons"))) goto done;
     const cl_config *c = &m->cfg;
-    int B = (int)PyArray_DIM(L, 0);
+    const int B = bt.B;
     if (PyArray_DIM(TL, 0) != B || PyArray_DIM(TN, 0) != B) { PyErr_SetString(PyExc_ValueError, "one target per prompt"); goto done; }
     const int32_t *tl = PyArray_DATA(TL), *tn = PyArray_DATA(TN);
     int deepest = -1;
@@ -246,24 +277,23 @@ static PyObject *py_attribute_batch(PyObject *self, PyObject *args) {
     npy_intp sd[3] = {B, c->n_layers, c->n_heads}, ad[1] = {B};
     score = PyArray_EMPTY(3, sd, NPY_FLOAT32, 0);
     act = PyArray_EMPTY(1, ad, NPY_FLOAT32, 0);
-    slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
-    if (!score || !act || !slots) { if (!PyErr_Occurred()) PyErr_NoMemory(); goto done; }
+    if (!score || !act) goto done;
     float *sp = PyArray_DATA((PyArrayObject *)score);
     for (npy_intp i = 0; i < PyArray_SIZE((PyArrayObject *)score); i++) sp[i] = NAN;
     cl_attribution at = {m, B, tl, tn, sp, PyArray_DATA((PyArrayObject *)act)};
     for (int l = 0; l <= deepest; l++) {
-        cl_hook_slot *z = &slots[cl_hook_slot_index(c, CL_HK_Z, l)];
+        cl_hook_slot *z = &bt.slots[cl_hook_slot_index(c, CL_HK_Z, l)];
         z->observe = cl_attribution_observe_z;
         z->observe_ctx = &at;
-        cl_hook_slot *p = &slots[cl_hook_slot_index(c, CL_HK_MLP_POST, l)];
+        cl_hook_slot *p = &bt.slots[cl_hook_slot_index(c, CL_HK_MLP_POST, l)];
         p->observe = cl_attribution_observe_post;
         p->observe_ctx = &at;
     }
-    if (observe_forward(m, T, L, T_pad, deepest + 1, slots) < 0) goto done;
+    if (clpy_batch_forward(&bt, m, deepest + 1) < 0) goto done;
     res = Py_BuildValue("(OO)", score, act);
 done:
-    free(slots);
-    Py_XDECREF(T); Py_XDECREF(L); Py_XDECREF(TL); Py_XDECREF(TN); Py_XDECREF(score); Py_XDECREF(act);
+    clpy_batch_close(&bt);
+    Py_XDECREF(TL); Py_XDECREF(TN); Py_XDECREF(score); Py_XDECREF(act);
     return res;
 }
 
@@ -271,7 +301,8 @@ static PyMethodDef analysis_methods[] = {
     {"congruence", (PyCFunction)(void (*)(void))py_congruence, METH_VARARGS | METH_KEYWORDS,
      "congruence(W_out, U, allowed=None, top=5, col_idx=None, col_val=None, neuron_offset=0) -> (top_tokens, top_values)"},
     {"scan_batch", py_scan_batch, METH_VARARGS,
-     "scan_batch(model, scanner, tokens, lengths, doc_ids, skip_first): one forward, top-k updated"},
+     "scan_batch(model, scanner, tokens, lengths, doc_ids, skip_first, scope=None): one forward, top-k updated "
+     "(and the Scope of the same neurons, when given)"},
     {"attribute_batch", py_attribute_batch, METH_VARARGS,
      "attribute_batch(model, tokens, lengths, target_layers, target_neurons) -> (score (B, n_layers, n_heads), act (B))"},
     {NULL, NULL, 0, NULL},

@@ -15,6 +15,7 @@
 #include <numpy/arrayobject.h>
 
 #include "cl_common.h"
+#include "cl_scope.h"
 
 /* ctxlookup._core.FormatError (a ValueError): a malformed file. */
 extern PyObject *clpy_FormatError;
@@ -58,5 +59,22 @@ int clpy_http_register(PyObject *m);
 /* The cl_model of a ctxlookup._core.Model (borrowed), or NULL with TypeError set. */
 const void *clpy_model_ptr(PyObject *obj);
 int clpy_tokenizer_register(PyObject *m);
+/* Shared by the bindings that run a forward pass only for its observers (py_analysis.c, py_scope.c). */
+/* One batch of packed sequences for such a pass: the arrays it holds and the model's hook slots. */
+typedef struct {
+    PyArrayObject *T, *L, *D; /* tokens (sum of lengths), lengths (B, each >= 1), doc ids (B) or NULL */
+    int B, T_pad;             /* sequences, the longest length */
+    cl_hook_slot *slots;      /* (CL_HK_COUNT x (n_layers + 1)), all empty */
+} clpy_batch;
+
+/* Convert and check tokens, lengths and (unless doc_ids is NULL) one int64 document id per
+ * sequence, and allocate empty slots; -1 with the exception set. Close it in any case. */
+int clpy_batch_open(clpy_batch *b, const cl_model *m, PyObject *tokens, PyObject *lengths, PyObject *doc_ids);
+/* Blocks [0, stop) with the slots' observers, no logits, the GIL released, Ctrl-C honoured;
+ * -1 with the exception set. */
+int clpy_batch_forward(clpy_batch *b, const cl_model *m, int stop);
+void clpy_batch_close(clpy_batch *b);
+/* The cl_scope of a ctxlookup._core.Scope (NULL with TypeError / RuntimeError set). */
+cl_scope *clpy_scope_ptr(PyObject *obj);
 
 #endif

@@ -59,23 +59,32 @@ static void Scope_dealloc(ScopeObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Scope(layers, d_mlp, k, bins, samples, neurons=None): every neuron of `layers`, or with
+ * `neurons` the (layers[i], neurons[i]) pairs only (sorted by layer, then neuron). */
 static int Scope_init(ScopeObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"layers", "d_mlp", "k", "bins", "samples", NULL};
-    PyObject *lo;
+    static char *kwlist[] = {"layers", "d_mlp", "k", "bins", "samples", "neurons", NULL};
+    PyObject *lo, *no = Py_None;
     int d_mlp, k, bins, samples;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiiii", kwlist, &lo, &d_mlp, &k, &bins, &samples)) return -1;
-    PyArrayObject *L = (PyArrayObject *)PyArray_FROMANY(lo, NPY_INT32, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
-    if (!L) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oiiii|O", kwlist, &lo, &d_mlp, &k, &bins, &samples, &no)) return -1;
+    PyArrayObject *L = clpy_int_array(lo, NPY_INT32, 1, "layers"), *N = NULL;
     cl_error err = {0};
     cl_scope *s = NULL;
     int rc = -1;
-    if (cl_scope_new((int)PyArray_DIM(L, 0), PyArray_DATA(L), d_mlp, k, bins, samples, &s, &err)) clpy_raise(&err);
-    else {
-        cl_scope_free(self->s);
-        self->s = s;
-        rc = 0;
+    if (!L || (no != Py_None && !(N = clpy_int_array(no, NPY_INT32, 1, "neurons")))) goto done;
+    if (N && PyArray_DIM(N, 0) != PyArray_DIM(L, 0)) {
+        PyErr_SetString(PyExc_ValueError, "layers and neurons differ in length (with neurons, one layer per neuron)");
+        goto done;
     }
-    Py_DECREF(L);
+    if (N ? cl_scope_new_subset((int)PyArray_DIM(L, 0), PyArray_DATA(L), PyArray_DATA(N), d_mlp, k, bins, samples, &s, &err)
+          : cl_scope_new((int)PyArray_DIM(L, 0), PyArray_DATA(L), d_mlp, k, bins, samples, &s, &err)) {
+        clpy_raise(&err);
+        goto done;
+    }
+    cl_scope_free(self->s);
+    self->s = s;
+    rc = 0;
+done:
+    Py_XDECREF(L); Py_XDECREF(N);
     return rc;
 }
 
@@ -161,16 +170,16 @@ static PyObject *Scope_shape(ScopeObject *self, PyObject *unused) {
     PyObject *layers = PyList_New(s->n_layers);
     for (int i = 0; layers && i < s->n_layers; i++) PyList_SET_ITEM(layers, i, PyLong_FromLong(s->layers[i]));
     if (!layers) return NULL;
-    return Py_BuildValue("{s:N,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "layers", layers, "d_mlp", s->d_mlp, "k", s->k, "bins",
-                         s->bins, "samples", s->samples, "bands", s->bands, "band_shift", s->band_shift, "exp_min",
-                         CL_SCOPE_EXP_MIN);
+    return Py_BuildValue("{s:N,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "layers", layers, "neurons", s->n, "d_mlp", s->d_mlp,
+                         "k", s->k, "bins", s->bins, "samples", s->samples, "bands", s->bands, "band_shift",
+                         s->band_shift, "exp_min", CL_SCOPE_EXP_MIN);
 }
 
 static PyMethodDef Scope_methods[] = {
     {"state", (PyCFunction)Scope_state, METH_NOARGS, "state() -> dict of arrays (copies, canonical form)"},
     {"set_state", (PyCFunction)Scope_set_state, METH_O, "set_state(dict): load a state (validated)"},
     {"merge", (PyCFunction)Scope_merge, METH_O, "merge(other): add another scope's state (disjoint documents)"},
-    {"shape", (PyCFunction)Scope_shape, METH_NOARGS, "shape() -> dict(layers, d_mlp, k, bins, samples, bands, ...)"},
+    {"shape", (PyCFunction)Scope_shape, METH_NOARGS, "shape() -> dict(layers, neurons (how many), d_mlp, k, bins, samples, bands, ...)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -179,11 +188,17 @@ static PyTypeObject ScopeType = {
     .tp_basicsize = sizeof(ScopeObject),
     .tp_dealloc = (destructor)Scope_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Scope(layers, d_mlp, k, bins, samples): every neuron's top-k, histogram and samples",
+    .tp_doc = "Scope(layers, d_mlp, k, bins, samples, neurons=None): top-k, histogram and samples of every neuron "
+               "of layers, or of the (layers[i], neurons[i]) pairs",
     .tp_methods = Scope_methods,
     .tp_init = (initproc)Scope_init,
     .tp_new = PyType_GenericNew,
 };
+
+cl_scope *clpy_scope_ptr(PyObject *o) {
+    if (!PyObject_TypeCheck(o, &ScopeType)) { PyErr_SetString(PyExc_TypeError, "scope must be a Scope"); return NULL; }
+    return need((ScopeObject *)o);
+}
 
 static PyArrayObject *arr1(PyObject *o, int type, const char *what) { return clpy_array(o, type, 1, what); }
 
@@ -202,29 +217,11 @@ static PyObject *py_scope_batch(PyObject *self, PyObject *args) {
     const cl_model *m = clpy_model_ptr(mo);
     if (!m) return NULL;
     cl_scope *s = NULL;
-    if (so != Py_None) {
-        if (!PyObject_TypeCheck(so, &ScopeType)) { PyErr_SetString(PyExc_TypeError, "scope must be a Scope or None"); return NULL; }
-        if (!(s = need((ScopeObject *)so))) return NULL;
-    }
+    if (so != Py_None && !(s = clpy_scope_ptr(so))) return NULL;
     const cl_config *c = &m->cfg;
-    PyArrayObject *T = NULL, *L = NULL, *Dd = NULL;
-    cl_hook_slot *slots = NULL;
+    clpy_batch bt;
     PyObject *res = NULL;
-    if (!(T = arr1(to, NPY_INT32, "tokens")) || !(L = arr1(lo, NPY_INT32, "lengths")) || !(Dd = arr1(dobj, NPY_INT64, "doc_ids")))
-        goto done;
-    int B = (int)PyArray_DIM(L, 0), T_pad = 0;
-    long long sum = 0;
-    const int32_t *len = PyArray_DATA(L);
-    for (int b = 0; b < B; b++) {
-        if (len[b] < 1) { PyErr_Format(PyExc_ValueError, "lengths[%d] = %d: sequences must not be empty", b, len[b]); goto done; }
-        sum += len[b];
-        if (len[b] > T_pad) T_pad = len[b];
-    }
-    if (B < 1 || sum != PyArray_DIM(T, 0) || PyArray_DIM(Dd, 0) != B) {
-        PyErr_Format(PyExc_ValueError, "%d sequences whose lengths add up to %lld, %zd tokens and %zd doc ids: they must agree",
-                     B, sum, (Py_ssize_t)PyArray_DIM(T, 0), (Py_ssize_t)PyArray_DIM(Dd, 0));
-        goto done;
-    }
+    if (clpy_batch_open(&bt, m, to, lo, dobj) < 0) goto done;
     if (s) {
         if (s->d_mlp != c->d_mlp || s->layers[s->n_layers - 1] >= c->n_layers) {
             PyErr_Format(PyExc_ValueError, "the scope (layers up to %d, d_mlp %d) does not fit this model (%d layers, d_mlp %d)",
@@ -232,38 +229,25 @@ static PyObject *py_scope_batch(PyObject *self, PyObject *args) {
             goto done;
         }
         stop = s->layers[s->n_layers - 1] + 1;
-        slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
-        if (!slots) { PyErr_NoMemory(); goto done; }
         for (int i = 0; i < s->n_layers; i++) {
-            cl_hook_slot *sl = &slots[cl_hook_slot_index(c, CL_HK_MLP_POST, s->layers[i])];
+            cl_hook_slot *sl = &bt.slots[cl_hook_slot_index(c, CL_HK_MLP_POST, s->layers[i])];
             sl->observe = cl_scope_observe;
             sl->observe_ctx = s;
         }
-        s->batch_docs = PyArray_DATA(Dd);
+        s->batch_docs = PyArray_DATA(bt.D);
         s->skip_first = skip_first;
     } else {
         if (stop < 1 || stop > c->n_layers) {
             PyErr_Format(PyExc_ValueError, "stop must be in [1, %d] when no scope is given, got %d", c->n_layers, stop);
             goto done;
         }
-        slots = calloc((size_t)CL_HK_COUNT * (c->n_layers + 1), sizeof *slots);
-        if (!slots) { PyErr_NoMemory(); goto done; }
-        slots[cl_hook_slot_index(c, CL_HK_MLP_POST, stop - 1)].observe = noop_observe;
+        bt.slots[cl_hook_slot_index(c, CL_HK_MLP_POST, stop - 1)].observe = noop_observe;
     }
-    cl_fwd_args fa = {.tokens = PyArray_DATA(T), .lengths = len, .B = B, .T_pad = T_pad, .stop_at_layer = stop,
-                      .slots = slots, .cancel = {clpy_cancel_fn, NULL}};
-    cl_error err = {0};
-    cl_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = cl_forward(m, &fa, &err);
-    Py_END_ALLOW_THREADS
+    int rc = clpy_batch_forward(&bt, m, stop);
     if (s) s->batch_docs = NULL;
-    if (st) { clpy_raise(&err); goto done; }
-    res = Py_None;
-    Py_INCREF(res);
+    if (rc == 0) res = Py_NewRef(Py_None);
 done:
-    free(slots);
-    Py_XDECREF(T); Py_XDECREF(L); Py_XDECREF(Dd);
+    clpy_batch_close(&bt);
     return res;
 }
 

@@ -329,6 +329,9 @@ def test_demo_entry_point_imports_nothing_from_the_test_stack(tmp_path):
     assert "report (open in a browser): file://" in r.stdout
     assert f"to write it again: ctxlookup report {tmp_path / 'demo'}" in r.stdout
     assert os.path.exists(tmp_path / "demo" / "report" / "index.html")
+    # the atlas of the demo model's last layer, printed and linked from the report's index
+    assert f"file://{tmp_path / 'demo' / 'atlas' / 'site' / 'index.html'}" in r.stdout
+    assert 'href="../atlas/site/index.html"' in (tmp_path / "demo" / "report" / "index.html").read_text()
 
 
 def test_demo_with_an_unreachable_llm_server_stops_at_once(tmp_path):

@@ -58,7 +58,7 @@ def test_two_local_workers_identical_to_in_process(reference, tmp_path):
 
 def test_replicate_scan_on_cluster_identical(cluster, tmp_path):
     from ctxlookup.replicate import Options
-    from ctxlookup.search import max_activating
+    from ctxlookup.scan import max_activating_histograms
 
     model = ctxlookup.Model.from_pretrained("demo", fold_ln=True, center_writing_weights=True, center_unembed=True,
                                             fold_value_biases=True)
@@ -66,13 +66,16 @@ def test_replicate_scan_on_cluster_identical(cluster, tmp_path):
     before = ctxlookup.get_num_threads()
     ctxlookup.set_num_threads(1)
     try:
-        local = max_activating(model, neurons, demo_corpus(), k=6, batch_tokens=2048, progress=False)
+        local, lviews = max_activating_histograms(model, neurons, demo_corpus(), k=6, batch_tokens=2048, progress=False)
     finally:
         ctxlookup.set_num_threads(before)
-    remote = max_activating(model, neurons, demo_corpus(), k=6, batch_tokens=2048, progress=False,
-                            scheduler=cluster.scheduler.address, threads=1, shard_docs=20,
-                            checkpoint=str(tmp_path / "scan.ckpt.npz"))
+    remote, rviews = max_activating_histograms(model, neurons, demo_corpus(), k=6, batch_tokens=2048, progress=False,
+                                               scheduler=cluster.scheduler.address, threads=1, shard_docs=20,
+                                               checkpoint=str(tmp_path / "scan.ckpt.npz"))
     pd.testing.assert_frame_equal(remote, local, check_exact=True)
+    for name in ("histograms", "quantile_examples"):  # the scopes' states merged across shards
+        assert len(lviews[name]) > 0
+        pd.testing.assert_frame_equal(rviews[name], lviews[name], check_exact=True)
     assert {k: v for k, v in remote.attrs.items() if k != "shards"} == local.attrs
     assert remote.attrs["shards"]["scanned_shards"] == len(os.listdir(tmp_path / "scan.ckpt.npz.shards"))
     # replicate passes --workers/--scheduler through; they do not change the run's key

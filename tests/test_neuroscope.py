@@ -125,6 +125,50 @@ def test_merges_are_exact_across_shard_sizes(small):
             pd.testing.assert_frame_equal(r[t], runs[0][t], check_exact=True)
 
 
+def test_scan_views_equal_the_atlas_rows_and_leave_the_scan_as_it_was(small, tmp_path):
+    """max_activating_histograms: its max_acts is max_activating's, bit for bit; each chosen
+    neuron's histogram and quantile rows are the whole-layer atlas's rows for that neuron (the
+    scope of a subset of neurons, some gathered from scattered columns, some a run of adjacent
+    ones); a rerun resumes from the checkpoint and gives the same tables."""
+    from ctxlookup.scan import max_activating, max_activating_histograms
+
+    model, corpus, tmp = small
+    M = model.cfg.d_mlp
+    neurons = ([(2, n) for n in (M - 1, 5, 77)] + [(0, n) for n in range(10, 80)]  # unsorted, a run of 70 adjacent
+               + [(0, 3), (2, 5)])                                                    # a duplicate
+    kw = dict(k=4, batch_tokens=200, progress=False)
+    plain = max_activating(model, neurons, corpus, **kw)
+    ckpt = str(tmp_path / "scan.ckpt.npz")
+    got, views = max_activating_histograms(model, neurons, corpus, bins=32, samples=2, checkpoint=ckpt, **kw)
+    pd.testing.assert_frame_equal(got, plain, check_exact=True)
+    assert got.attrs == plain.attrs
+    atlas = neuroscope(model, corpus, out=str(tmp / "views_atlas"), layers=[0, 2], k=4, bins=32, samples=2,
+                       batch_tokens=200, site=False, progress=False)
+    chosen = pd.DataFrame(sorted(set(neurons)), columns=["layer", "neuron"])
+    for name in ("histograms", "quantile_examples"):
+        assert list(views[name].columns) == list(atlas[name].columns)
+        want = atlas[name].merge(chosen, on=["layer", "neuron"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(views[name], want, check_exact=True)
+        assert set(zip(views[name].layer, views[name].neuron)) == set(zip(chosen.layer, chosen.neuron))
+    again, views2 = max_activating_histograms(model, neurons, corpus, bins=32, samples=2, checkpoint=ckpt, **kw)
+    pd.testing.assert_frame_equal(again, plain, check_exact=True)
+    for name in views:
+        pd.testing.assert_frame_equal(views2[name], views[name], check_exact=True)
+    # a checkpoint of the plain scan is not resumed as one with histograms: the scan starts over
+    ckpt2 = str(tmp_path / "plain.ckpt.npz")
+    max_activating(model, neurons, corpus, checkpoint=ckpt2, **kw)
+    _, views3 = max_activating_histograms(model, neurons, corpus, bins=32, samples=2, checkpoint=ckpt2, **kw)
+    for name in views:
+        pd.testing.assert_frame_equal(views3[name], views[name], check_exact=True)
+
+
+def test_scope_of_chosen_neurons_refuses_bad_lists():
+    for layers, nrns, msg in (([0, 0], [5, 3], "sorted by"), ([0, 0], [3, 3], "distinct"), ([0], [64], "outside"),
+                              ([-1], [0], "negative"), ([0, 1], [1], "differ in length")):
+        with pytest.raises(ValueError, match=msg):
+            _core.Scope(np.array(layers), 64, 2, 16, 1, neurons=np.array(nrns))
+
+
 def test_site_cli_and_manifest(small, tmp_path):
     """The CLI writes the tables, the manifest and the site: a page per neuron whose top example
     colours the maximum's token, layer pages, and a search index naming every neuron."""
@@ -156,3 +200,16 @@ def test_site_cli_and_manifest(small, tmp_path):
     entries = json.loads(idx[idx.index("["):idx.rindex("]") + 1])
     assert sorted((e[0], e[1]) for e in entries) == [(1, i) for i in range(128)]
     assert (site / "style.css").exists() and 'href="../style.css"' in page
+
+
+def test_run_atlas_link_is_relative_and_only_when_the_site_exists(tmp_path):
+    from ctxlookup.neuroscope_site import run_atlas_link
+
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    assert run_atlas_link(str(run), str(run / "report")) is None
+    (run / "atlas" / "site").mkdir(parents=True)
+    assert run_atlas_link(str(run), str(run / "report")) is None  # a folder without the site's index
+    (run / "atlas" / "site" / "index.html").write_text("<html></html>")
+    assert run_atlas_link(str(run), str(run / "report")) == "../atlas/site/index.html"
+    assert run_atlas_link(str(run), str(tmp_path / "elsewhere" / "rep")) == "../../run/atlas/site/index.html"

@@ -83,6 +83,22 @@ def test_offline_end_to_end_and_rerun_skips(text_model_dir, corpora, tmp_path):
     assert by["docs"] == ctxlookup.Corpus(corpora[1]).count() < 500 and by["by_group"]["next_token"] == dict(neurons=6, rising=int(ev.rising[ev.group == "next_token"].sum()))
     assert (by["bins"], by["binning"], by["min_positions"]) == (10, "width", 100)
     assert by["vs_random"] == ctxlookup.stats.rising_comparison(ev)
+    # the scan stage's histograms and quantile examples: for each neuron, the atlas's rows on the same corpus;
+    # max_acts is the plain scan's
+    from ctxlookup.neuroscope import neuroscope
+    from ctxlookup.scan import max_activating
+
+    uniq = neurons.drop_duplicates(["layer", "neuron"])
+    pd.testing.assert_frame_equal(run.read("max_acts"),
+                                  max_activating(model, uniq[["layer", "neuron", "token_id", "token"]],
+                                                 ctxlookup.Corpus(corpora[0]), k=m["stages"]["scan"]["attrs"]["max_acts"]["k"],
+                                                 batch_tokens=2048, progress=False), check_exact=True)
+    atlas = neuroscope(model, corpora[0], out=str(tmp_path / "atlas"), layers=OPTS["layers"], batch_tokens=2048,
+                       site=False, progress=False)
+    chosen = uniq[["layer", "neuron"]].sort_values(["layer", "neuron"])
+    for name in ("histograms", "quantile_examples"):
+        want = atlas[name].merge(chosen, on=["layer", "neuron"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(run.read(name), want, check_exact=True)
     finished = {s: m["stages"][s]["finished"] for s in STAGES}
     before = _tables(out)
     time.sleep(1.1)

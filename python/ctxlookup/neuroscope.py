@@ -92,12 +92,18 @@ class _Merge:
 
 
 # ---------------------------------------------------------------------- tables
-def tables_from_state(state: dict, layers: Sequence[int], d_mlp: int, skip: int, bins_per_band: int) -> dict:
+def tables_from_state(state: dict, layers: Sequence[int], d_mlp: int, skip: int, bins_per_band: int,
+                      neurons=None) -> dict:
     """The state's arrays as the top_examples, histograms and quantile_examples tables and the
-    activation columns of ``neurons`` (positions are the document's own tokens: BOS excluded)."""
-    n = len(layers) * d_mlp
-    layer_of = np.repeat(np.array(layers, np.int64), d_mlp)
-    neuron_of = np.tile(np.arange(d_mlp, dtype=np.int64), len(layers))
+    activation columns of ``neurons`` (positions are the document's own tokens: BOS excluded).
+    ``neurons``: for a scope of chosen neurons, their (layers, neuron indices) arrays in the
+    scope's order (default: every neuron of ``layers``)."""
+    if neurons is None:
+        layer_of = np.repeat(np.array(layers, np.int64), d_mlp)
+        neuron_of = np.tile(np.arange(d_mlp, dtype=np.int64), len(layers))
+    else:
+        layer_of, neuron_of = (np.asarray(a, np.int64) for a in neurons)
+    n = len(layer_of)
     # top examples
     cnt = state["top_count"].astype(np.int64)
     k = state["top_act"].shape[1]

@@ -16,9 +16,22 @@ import shutil
 from collections import defaultdict
 
 import numpy as np
+from markupsafe import Markup, escape
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "neuroscope_templates")
 LEVELS = 8
+
+
+ATLAS_DIR = "atlas"  # a run directory's atlas (python -m ctxlookup.demo builds one there)
+
+
+def run_atlas_link(run_dir: str, page_dir: str):
+    """The href, relative to ``page_dir``, of the atlas site in ``run_dir/atlas`` when there is
+    one; None otherwise (what a run's report links to)."""
+    index = os.path.join(run_dir, ATLAS_DIR, "site", "index.html")
+    if not os.path.isfile(index):
+        return None
+    return os.path.relpath(index, page_dir).replace(os.sep, "/")
 
 
 def _env():
@@ -64,11 +77,32 @@ def _windows(atlas, model, corpus, before, after, band_before, band_after, progr
     return out
 
 
-def _example(win, vmax):
+_ESCAPED: dict = {}  # token text -> its HTML (a site escapes the same few thousand texts millions of times)
+
+
+def _escaped(text: str) -> str:
+    got = _ESCAPED.get(text)
+    if got is None:
+        got = _ESCAPED[text] = str(escape(text))
+    return got
+
+
+def _example(win, vmax) -> Markup:
+    """One window's tokens as HTML: a span per token, its colour level (``a0`` .. ``a{LEVELS}``) from
+    its activation over the neuron's maximum, the maximum marked, the activation in its tooltip.
+    Written here rather than by a template macro per token: a site has millions of tokens."""
     texts, acts, at = win
+    acts = np.asarray(acts)  # float32, scaled in float32 as each value was
     scale = LEVELS / vmax if vmax > 0 else 0.0
-    return [dict(text=s, act=float(v), level=int(np.clip(np.ceil(v * scale), 0, LEVELS)) if v > 0 else 0, max=i == at)
-            for i, (s, v) in enumerate(zip(texts, acts))]
+    levels = np.where(acts > 0, np.clip(np.ceil(acts * scale), 0, LEVELS), 0).astype(int).tolist()
+    out = [f'<span class="a{lv}{" max" if i == at else ""}" title="{v:.3f}">{_escaped(s)}</span>'
+           for i, (s, v, lv) in enumerate(zip(texts, acts.tolist(), levels))]
+    return Markup('<span class="text">' + "".join(out) + "</span>")
+
+
+def _max_token(win) -> str:
+    texts, _, at = win
+    return texts[at] if 0 <= at < len(texts) else ""
 
 
 def build_site(atlas, model, corpus, out=None, before=20, after=6, band_before=8, band_after=3, progress=True) -> dict:
@@ -110,8 +144,9 @@ def build_site(atlas, model, corpus, out=None, before=20, after=6, band_before=8
                                else None, **common)
         with open(os.path.join(out, "neurons", f"L{r.layer}N{r.neuron}.html"), "w") as f:
             f.write(html)
-        max_tok = next((x["text"] for x in tops[0]["tokens"] if x["max"]), "") if tops else ""
-        text = "".join(x["text"] for x in tops[0]["tokens"][-12:]) if tops else ""
+        first = wins[("top", t.index[0])] if tops else None
+        max_tok = _max_token(first) if tops else ""
+        text = "".join(first[0][-12:]) if tops else ""
         layer_rows[r.layer].append(dict(neuron=r.neuron, max=vmax, frac_nonneg=r.frac_nonneg, max_token=max_tok,
                                         top_tokens=list(r.top_tokens), bottom_tokens=list(r.bottom_tokens)))
         index.append([int(r.layer), int(r.neuron), vmax, max_tok, list(r.top_tokens)[:5], text])

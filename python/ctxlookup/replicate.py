@@ -4,7 +4,9 @@ Stages, in order (each is also a subcommand; running one runs what it needs firs
 
 =================  ============================================================================
 ``neurons``        next-token neurons per layer, and the random-neuron baseline (METHOD §2)
-``scan``           max-activating documents of every neuron on ``--corpus`` (METHOD §3)
+``scan``           max-activating documents of every neuron on ``--corpus`` (METHOD §3); from the
+                   same pass each neuron's activation histogram and examples per activation
+                   quantile (tables ``histograms``, ``quantile_examples``, as Neuroscope's)
 ``truncate``       the prompts, truncated to keep 80% of the activation
 ``test_scan``      the same on ``--test-corpus`` (10 per neuron)
 ``test_truncate``  test prompts
@@ -70,7 +72,7 @@ STAGES = ["neurons", "scan", "truncate", "test_scan", "test_truncate", "attribut
 # the tables each stage writes
 OUTPUTS = {
     "neurons": ["neurons", "excluded_tokens"],
-    "scan": ["max_acts"],
+    "scan": ["max_acts", "histograms", "quantile_examples"],
     "truncate": ["prompts"],
     "test_scan": ["test_max_acts"],
     "test_truncate": ["test_prompts"],
@@ -719,19 +721,26 @@ class Run:
     def _unique_neurons(self) -> pd.DataFrame:
         return self.read("neurons").drop_duplicates(["layer", "neuron"])[["layer", "neuron", "token_id", "token"]]
 
-    def _scan(self, which: str, k: int, name: str):
-        from .scan import max_activating
+    def _scan(self, which: str, k: int, name: str, views: bool = False):
+        """The scan of one corpus; with ``views``, each neuron's activation histogram and examples
+        per activation quantile from the same pass (tables ``histograms`` and ``quantile_examples``,
+        as :mod:`ctxlookup.neuroscope` makes them)."""
+        from .scan import max_activating, max_activating_histograms
 
-        ma = max_activating(self.model, self._unique_neurons(), self.corpus(which), k=k,
-                            batch_tokens=self.opts.batch_tokens, checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"),
-                            progress=self.opts.progress, token_cache=self.token_cache(which),
-                            workers=self.opts.workers, scheduler=self.opts.scheduler)  # Dask, when given
+        fn = max_activating_histograms if views else max_activating
+        res = fn(self.model, self._unique_neurons(), self.corpus(which), k=k, batch_tokens=self.opts.batch_tokens,
+                 checkpoint=os.path.join(self.dir, f"{name}.ckpt.npz"), progress=self.opts.progress,
+                 token_cache=self.token_cache(which), workers=self.opts.workers,
+                 scheduler=self.opts.scheduler)  # Dask, when given
+        ma, tables = res if views else (res, {})
         self.write(name, ma)
+        for t, df in tables.items():
+            self.write(t, df)
         return {name: {k2: v for k2, v in ma.attrs.items()}}
 
     def _stage_scan(self):
         counts = [self.protocol.scan_k, self.protocol.prompts_per_neuron] + list(self.opts.table3 or [])
-        return self._scan("train", max(counts), "max_acts")
+        return self._scan("train", max(counts), "max_acts", views=True)
 
     def _stage_test_scan(self):
         # the authors kept 30 test documents and used the first n that survived truncation

@@ -109,7 +109,9 @@ def report(run, out: Optional[str] = None, model=None, corpus=None, test_corpus=
     records = index_records(data, root)
     _write(os.path.join(assets, "index-data.js"),
            "window.CTXL_INDEX = " + json.dumps(records, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + ";\n")
-    _write(os.path.join(out, "index.html"), index_html(data, root, len(neurons), len(pairs)))
+    from ..neuroscope_site import run_atlas_link
+
+    _write(os.path.join(out, "index.html"), index_html(data, root, len(neurons), len(pairs), run_atlas_link(data.dir, out)))
     for path, text in list_pages("neurons", "Neurons", records["neurons"], page_size).items():
         _write(os.path.join(out, path), text)
     for path, text in list_pages("heads", "Neuron\u2013head pairs", records["heads"], page_size).items():

@@ -561,10 +561,10 @@ def index_records(data: RunData, links: Links) -> dict:
     return dict(neurons=dict(columns=ncols, rows=nrows), heads=dict(columns=pcols, rows=prows))
 
 
-def index_html(data: RunData, links: Links, n_neurons: int, n_pairs: int) -> str:
-    """The whole index page."""
+def index_html(data: RunData, links: Links, n_neurons: int, n_pairs: int, atlas: Optional[str] = None) -> str:
+    """The whole index page; ``atlas``: the href of the run's Neuroscope atlas, if it has one."""
     body = _render("index.html", summary=Markup(summary_html(data, links)), n_neurons=n_neurons, n_pairs=n_pairs,
-                   tables=Markup(tables_html(data, links)), details=Markup(_details_html(data)))
+                   tables=Markup(tables_html(data, links)), details=Markup(_details_html(data)), atlas=atlas)
     return page(f"ctxlookup report: {data.model_name}", body, scripts=["assets/index-data.js"])
 
 
