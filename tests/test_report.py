@@ -65,10 +65,10 @@ def site(run_dir):
     return os.path.dirname(index)
 
 
-def _edited_copy(run_dir, dest, drop=()):
+def _edited_copy(run_dir, dest, drop=(), drop_tables=()):
     """A copy of the run for a test that edits its tables: the manifest forgets the files' hashes
     (as a run made before it kept them) and the stages in ``drop``, whose tables are removed (as a
-    run stopped before them, or made before they existed)."""
+    run stopped before them, or made before they existed), and the tables in ``drop_tables``."""
     from ctxlookup.replicate import OUTPUTS
 
     shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("report"))
@@ -76,10 +76,10 @@ def _edited_copy(run_dir, dest, drop=()):
     m = json.load(open(mpath))
     for stage in drop:
         m["stages"].pop(stage, None)
-        for name in OUTPUTS[stage]:
-            for ext in ("parquet", "csv"):
-                if os.path.exists(os.path.join(dest, f"{name}.{ext}")):
-                    os.remove(os.path.join(dest, f"{name}.{ext}"))
+    for name in [t for stage in drop for t in OUTPUTS[stage]] + list(drop_tables):
+        for ext in ("parquet", "csv"):
+            if os.path.exists(os.path.join(dest, f"{name}.{ext}")):
+                os.remove(os.path.join(dest, f"{name}.{ext}"))
     for rec in m["stages"].values():
         rec.pop("outputs", None)
     json.dump(m, open(mpath, "w"))
@@ -686,14 +686,14 @@ def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):
 # --------------------------------------------------------------------------- histogram and quantile examples
 @pytest.fixture(scope="module")
 def atlas_run(run_dir, tmp_path_factory):
-    """A copy of the run whose scan stored ``histograms`` and ``quantile_examples`` (the columns of
-    ctxlookup.neuroscope's tables of those names): made here by ctxlookup.neuroscope (the C Scope)
-    on the run's model and train corpus, read as the scan read it, restricted to the run's neuron
-    layers and filtered to its neurons, the first neuron left out; and its report."""
+    """A copy of the run whose ``histograms`` and ``quantile_examples`` are made here by
+    ctxlookup.neuroscope (the C Scope, the whole layers) on the run's model and train corpus, read
+    as the scan read it, filtered to the run's neurons, the first neuron left out, and without the
+    stored ``quantile_windows`` (so the report reads the windows with the model); and its report."""
     from ctxlookup.neuroscope import neuroscope
 
     d = tmp_path_factory.mktemp("atlas-run")
-    dest = _edited_copy(run_dir, d / "run")
+    dest = _edited_copy(run_dir, d / "run", drop_tables=("quantile_windows",))
     m = json.load(open(os.path.join(dest, "manifest.json")))
     scan = m["stages"]["scan"]["attrs"]["max_acts"]
     keys = sorted(set(map(tuple, RunData(dest).neurons[["layer", "neuron"]].astype(int).values.tolist())))
@@ -712,7 +712,7 @@ def atlas_run(run_dir, tmp_path_factory):
     return dict(dir=dest, site=site, keys=keys, **tables)
 
 
-def test_histogram_and_quantile_examples_are_the_scans(atlas_run, site):
+def test_histogram_and_quantile_examples_are_the_scans(atlas_run, site, tmp_path):
     """Each neuron page draws the stored histogram (a bar per bin: its edges and count) and the
     stored examples per activation band (band edges, quantiles, token count, each sample's
     activation; its window's activation at the sample is the table's, 3 decimals); a neuron the
@@ -750,7 +750,8 @@ def test_histogram_and_quantile_examples_are_the_scans(atlas_run, site):
     l, n = atlas_run["keys"][0]
     text = open(os.path.join(atlas_run["site"], neuron_page(l, n)), encoding="utf-8").read()
     assert 'id="histogram"' not in text and 'id="quantiles"' not in text and "maxima differ" not in text
-    for page in _pages(site):   # the run without the tables
+    bare = _edited_copy(atlas_run["dir"], tmp_path / "bare", drop_tables=("histograms", "quantile_examples"))
+    for page in _pages(os.path.dirname(report(bare))):   # a run without the tables (made before they existed)
         text = open(page, encoding="utf-8").read()
         assert 'id="histogram"' not in text and 'id="quantiles"' not in text
     # the notebook view draws the same, tokens inline
@@ -758,6 +759,31 @@ def test_histogram_and_quantile_examples_are_the_scans(atlas_run, site):
     frag = NeuronView(atlas_run["dir"], l, n).html()
     assert frag.count('<div class="qex">') == len(quant[(quant.layer == l) & (quant.neuron == n)])
     assert 'data-ex="q-' not in frag and 'svg class="hist"' in frag
+
+
+def test_stored_quantile_windows_are_what_the_model_reads(run_dir, tmp_path):
+    """The run's own scan stored every neuron's histogram and band samples, and its examples stage
+    the tokens around each sample (``quantile_windows``): the report reads them without the model,
+    and they equal the windows the model reads on a copy without that table (the same tokens and
+    texts; activations up to the reordering of a different batching)."""
+    from conftest import assert_same_up_to_reordering
+
+    stored = RunData(run_dir, model=False)
+    keys = sorted(set(map(tuple, stored.neurons[["layer", "neuron"]].astype(int).values.tolist())))
+    assert stored.has("histograms") and stored.has("quantile_windows")
+    fresh = RunData(_edited_copy(run_dir, tmp_path / "run", drop_tables=("quantile_windows",)))
+    stored.prepare_quantiles(keys)
+    fresh.prepare_quantiles(keys)
+    n_examples = 0
+    for k in keys:
+        a, b = stored.bands(*k), fresh.bands(*k)
+        assert [x.band for x in a] == [x.band for x in b] and a, k
+        for ba, bb in zip(a, b):
+            for ea, eb in zip(ba.examples, bb.examples):
+                assert (ea.doc_id, ea.position, ea.first, ea.strs) == (eb.doc_id, eb.position, eb.first, eb.strs)
+                assert_same_up_to_reordering(ea.acts, eb.acts)
+                n_examples += 1
+    assert n_examples == len(stored.table("quantile_examples")) and stored.mismatches == fresh.mismatches == 0
 
 
 def test_pages_are_readable_on_a_phone(browser, atlas_run, tmp_path):

@@ -83,7 +83,7 @@ OUTPUTS = {
     "ablation": ["ablation", "ablation_by_head"],
     "stats": ["statistics", "table3", "table4"],
     "evidence": ["evidence"],
-    "examples": ["examples", "test_examples", "top_tokens"],
+    "examples": ["examples", "test_examples", "quantile_windows", "top_tokens"],
 }
 
 
@@ -949,10 +949,11 @@ class Run:
     def _stage_examples(self):
         """What the report shows and no other stage stores: every scanned document's tokens around
         its maximum, with the neuron's activation on each (:func:`ctxlookup.windows.example_windows`;
-        ``examples`` and ``test_examples``), and each neuron's most and least congruent tokens
+        ``examples`` and ``test_examples``), the tokens around each histogram band's samples
+        (``quantile_windows``), and each neuron's most and least congruent tokens
         (:func:`ctxlookup.neurons.top_congruent`; ``top_tokens``)."""
         from .neurons import top_congruent
-        from .windows import example_windows
+        from .windows import QUANT_AFTER, QUANT_BEFORE, example_windows, quantile_rows
 
         out = {}
         for which, src, prompts, name in (("train", "max_acts", "prompts", "examples"),
@@ -964,6 +965,15 @@ class Run:
                                   prompt_bos=pr.attrs.get("prepend_bos", True), batch_tokens=self.opts.batch_tokens)
             self.write(name, win)
             out[name] = dict(win.attrs)
+        # the tokens around each histogram band's sampled positions (the scan stored where they are)
+        q = quantile_rows(self.read("quantile_examples"))
+        docs = self.corpus("train").get(q.doc_id.unique()) if len(q) else {}
+        scan = self.read("max_acts").attrs
+        win = example_windows(self.model, q, texts={d: docs[d].text for d in docs}, before=QUANT_BEFORE,
+                              after=QUANT_AFTER, max_before=QUANT_BEFORE, prepend_bos=scan.get("prepend_bos", True),
+                              max_tokens=scan.get("max_tokens"), batch_tokens=self.opts.batch_tokens)
+        self.write("quantile_windows", win)
+        out["quantile_windows"] = dict(win.attrs)
         top = top_congruent(self.model, self._unique_neurons()[["layer", "neuron"]].values,
                             direction=self.opts.direction, excluded=self.read("excluded_tokens").token_id.to_numpy())
         self.write("top_tokens", top)

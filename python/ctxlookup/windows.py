@@ -17,11 +17,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-__all__ = ["example_windows", "token_texts", "WINDOW_COLUMNS", "BEFORE", "AFTER", "MAX_BEFORE"]
+__all__ = ["example_windows", "quantile_rows", "token_texts", "WINDOW_COLUMNS", "BEFORE", "AFTER", "MAX_BEFORE",
+           "QUANT_BEFORE", "QUANT_AFTER"]
 
 BEFORE = 40          # tokens shown before a maximum (more when the truncated prompt starts earlier)
 AFTER = 10           # tokens shown after it
 MAX_BEFORE = 160     # never more than this many before it
+QUANT_BEFORE, QUANT_AFTER = 8, 3  # tokens shown around a quantile example (as the Neuroscope atlas shows them)
 
 WINDOW_COLUMNS = ["layer", "neuron", "rank", "doc_id", "context", "first", "doc_len", "tokens", "strs", "acts"]
 
@@ -62,6 +64,14 @@ def _rank(r) -> int:
         return int(v) if v is not None and np.isfinite(float(v)) else -1
     except (TypeError, ValueError):
         return -1
+
+
+def quantile_rows(quantile_examples: pd.DataFrame) -> pd.DataFrame:
+    """The scan's ``quantile_examples`` as rows for :func:`example_windows`: ``layer, neuron, rank,
+    doc_id, position`` plus the band's columns, by neuron, band and sample, ``rank`` counting each
+    neuron's examples from 0 in that order (the key the report matches windows on)."""
+    q = quantile_examples.sort_values(["layer", "neuron", "band", "sample"], kind="stable").reset_index(drop=True)
+    return q.assign(rank=q.groupby(["layer", "neuron"]).cumcount())
 
 
 def example_windows(model, max_acts: pd.DataFrame, prompts: Optional[pd.DataFrame] = None,

@@ -27,12 +27,11 @@ import numpy as np
 import pandas as pd
 
 from ..attribution import active_threshold
-from ..windows import AFTER, BEFORE, MAX_BEFORE
+from ..windows import AFTER, BEFORE, MAX_BEFORE, QUANT_AFTER, QUANT_BEFORE
 
 __all__ = ["RunData", "Example", "Band", "BEFORE", "AFTER", "MAX_BEFORE", "QUANT_BEFORE", "QUANT_AFTER", "isnum",
            "cell"]
 
-QUANT_BEFORE, QUANT_AFTER = 8, 3   # tokens shown around a quantile example (as the neuroscope atlas shows them)
 
 
 def isnum(x) -> bool:
@@ -593,45 +592,49 @@ class RunData:
         return self._cache["bands"].get(k, [])
 
     def prepare_quantiles(self, neurons: Iterable[Tuple[int, int]], progress: bool = False) -> None:
-        """The bands of many neurons at once; their examples' token windows (``QUANT_BEFORE``
-        tokens before the sampled token, ``QUANT_AFTER`` after) are read with the run's model on
-        the train corpus (one batched pass, as the atlas site does: the table stores where the
-        samples are, not their text). A window's activation at the sample that differs from the
-        stored one is counted in ``mismatches``; without the model or the corpus the bands are
-        shown without text."""
+        """The bands of many neurons at once, with their examples' token windows (``QUANT_BEFORE``
+        tokens before the sampled token, ``QUANT_AFTER`` after) as the examples stage stored them
+        (``quantile_windows``); for a run made before that table, read with the run's model on the
+        train corpus (one batched pass). A window's activation at the sample that differs from the
+        stored one is counted in ``mismatches``; without windows the bands are shown without text."""
         store = self._cache.setdefault("bands", {})
         todo = sorted({(int(a), int(b)) for a, b in neurons} - set(store))
-        by = self._by_neuron("quantile_examples")
+        if not todo or not self.has("quantile_examples"):
+            for k in todo:
+                store[k] = []
+            return
+        from ..windows import example_windows, quantile_rows
+
+        q = quantile_rows(self.table("quantile_examples"))
+        q = q[[k in set(todo) for k in zip(q.layer.astype(int), q.neuron.astype(int))]]
         rows = []
         for k in todo:
             store[k] = []
-            g = by.get(k)
-            if g is None:
-                continue
-            g = g.sort_values(["band", "sample"])
-            for rank, r in enumerate(g.itertuples(index=False)):
-                if not store[k] or store[k][-1].band != int(r.band):
-                    store[k].append(Band(band=int(r.band), lo=float(r.lo), hi=float(r.hi), tokens=int(r.band_tokens),
-                                         quantile_lo=float(r.quantile_lo), quantile_hi=float(r.quantile_hi),
-                                         examples=[]))
-                e = Example(split="q", layer=k[0], neuron=k[1], rank=rank, doc_id=int(r.doc_id), subset=None,
-                            position=int(r.position), activation=float(r.activation))
-                store[k][-1].examples.append(e)
-                rows.append(e)
+        for r in q.itertuples(index=False):
+            bands = store[(int(r.layer), int(r.neuron))]
+            if not bands or bands[-1].band != int(r.band):
+                bands.append(Band(band=int(r.band), lo=float(r.lo), hi=float(r.hi), tokens=int(r.band_tokens),
+                                  quantile_lo=float(r.quantile_lo), quantile_hi=float(r.quantile_hi), examples=[]))
+            e = Example(split="q", layer=int(r.layer), neuron=int(r.neuron), rank=int(r.rank), doc_id=int(r.doc_id),
+                        subset=None, position=int(r.position), activation=float(r.activation))
+            bands[-1].examples.append(e)
+            rows.append(e)
+        for k in todo:
             store[k].reverse()
-        if not rows or self.model is None or self.corpus("train") is None:
+        if not rows:
             return
-        from ..windows import example_windows
-
+        if self.has("quantile_windows"):  # stored by the examples stage
+            self._attach(rows, self.table("quantile_windows"))
+            return
+        if self.model is None or self.corpus("train") is None:  # a run made before the stored windows
+            return
         try:
             texts = {i: d.text for i, d in self.corpus("train").get({e.doc_id for e in rows}).items()}
         except Exception as err:  # a corpus that changed, or lost documents
             self.corpus_problem["train"] = f"the corpus's documents could not be read ({err})"
             return
         scan = self.stage_attrs("scan", "max_acts")
-        want = pd.DataFrame([dict(layer=e.layer, neuron=e.neuron, rank=e.rank, doc_id=e.doc_id, position=e.position)
-                             for e in rows])
-        win = example_windows(self.model, want, texts=texts, before=QUANT_BEFORE, after=QUANT_AFTER,
+        win = example_windows(self.model, q, texts=texts, before=QUANT_BEFORE, after=QUANT_AFTER,
                               max_before=QUANT_BEFORE, prepend_bos=bool(scan.get("prepend_bos", True)),
                               max_tokens=scan.get("max_tokens"), batch_tokens=self.batch_tokens, progress=progress)
         self._attach(rows, win)
