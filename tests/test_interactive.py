@@ -97,3 +97,39 @@ def test_widgets_rerender_on_a_new_text(run):
     r = ex[ex.explanation.map(lambda e: isinstance(e, str))].iloc[0]
     hp = interactive.head_panel(run, int(r.layer), int(r.neuron), int(r.head_layer), int(r["head"]), text=TEXT)
     assert html.escape(r.explanation) in hp.children[1].value
+
+
+def test_views_interactive_panels_give_the_models_numbers(run, model):
+    """NeuronView(...).interactive() and HeadView(...).interactive(): the panels of
+    ctxlookup.interactive, whose callback on a text gives run_with_cache's activations and
+    head_attribution's heads, and whose box re-renders the output with them."""
+    from ctxlookup.report import HeadView, NeuronView
+
+    ex = run.read("explanations")
+    r = ex[ex.explanation.map(lambda e: isinstance(e, str))].iloc[0]
+    layer, neuron, hl, h = int(r.layer), int(r.neuron), int(r.head_layer), int(r["head"])
+    want = oracle(model, run, layer, neuron, TEXT)
+    att = want["att"]
+    panel = NeuronView(run, layer, neuron).interactive()
+    box, out = panel.children
+    box.value = TEXT
+    page, data = panel.callback(TEXT)
+    assert out.value == page
+    np.testing.assert_allclose(data["activation"], want["acts"], atol=TOL_ACT)
+    np.testing.assert_allclose(data["prob"], want["prob"], atol=TOL_PROB, rtol=1e-4)
+    assert data["max_position"] == want["pos"]
+    np.testing.assert_allclose([x["score"] for x in data["heads"]], att.score, atol=TOL_SCORE, rtol=1e-4)
+    assert [x["active"] for x in data["heads"]] == att.active.tolist()
+    spans = re.findall(r'<span class="tok([^"]*)" data-pos="(\d+)" data-act="([^"]+)"', out.value)
+    np.testing.assert_allclose([float(a) for _, _, a in spans], want["acts"], atol=TOL_ACT)
+    assert [int(p) for c, p, _ in spans if "max" in c] == [want["pos"]]
+
+    hp = HeadView(run.dir, layer, neuron, hl, h).interactive(text=TEXT)
+    page, data = hp.callback(TEXT)
+    assert hp.children[1].value == page and html.escape(r.explanation) in page
+    row = att[(att.head_layer == hl) & (att["head"] == h)].iloc[0]
+    me = next(x for x in data["heads"] if (x["head_layer"], x["head"]) == (hl, h))
+    assert me["active"] == bool(row.active) and abs(me["score"] - row.score) <= TOL_SCORE + 1e-4 * abs(row.score)
+    assert ("ACTIVE" if row.active else "inactive") in page.split(html.escape(r.explanation))[1][:400]
+    with pytest.raises(LiveError, match="neuron 5000 does not exist"):
+        NeuronView(run, layer, 5000).interactive()

@@ -86,11 +86,35 @@ def _edited_copy(run_dir, dest, drop=()):
     return str(dest)
 
 
+def _unpack(s):
+    """render.pack's string back to its integers (decoded here on its own, as report.js does)."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_"
+    out, u, shift = [], 0, 0
+    for ch in s:
+        d = digits.index(ch)
+        if d >= 32:
+            u, shift = u + ((d - 32) << shift), shift + 5
+        else:
+            out.append(u + (d << shift))
+            u, shift = 0, 0
+    return out
+
+
 def _examples_js(site, layer, neuron):
-    """A neuron's examples as its pages' script holds them (window.CTXL_EXAMPLES)."""
+    """A neuron's examples as its pages' script holds them (window.CTXL_EXAMPLES), unpacked: each
+    example as ``{f, p, s, n, t: token texts, a: activations in thousandths}`` (a negative one that
+    rounds to 0 thousandths as -1e-9, None for a missing one)."""
     text = open(os.path.join(site, "assets", "examples", f"L{layer}N{neuron}.js"), encoding="utf-8").read()
     assert text.startswith("window.CTXL_EXAMPLES = ") and text.endswith(";\n")
-    return json.loads(text[len("window.CTXL_EXAMPLES = "):-2])
+    obj = json.loads(text[len("window.CTXL_EXAMPLES = "):-2])
+
+    def act(c):
+        k, neg = (c - 1) // 2, (c - 1) % 2 == 1
+        return None if c == 0 else (-1e-9 if neg and k == 0 else -k if neg else k)
+
+    obj["ex"] = {key: dict(f=r[0], p=r[1], s=r[2], n=r[3], t=[obj["v"][i] for i in _unpack(r[4])],
+                           a=[act(c) for c in _unpack(r[5])]) for key, r in obj["ex"].items()}
+    return obj
 
 
 class _Links(html.parser.HTMLParser):
@@ -278,7 +302,7 @@ def test_numbers_come_from_the_tables(site, run_dir):
         page = open(os.path.join(site, head_page(r.layer, r.neuron, r.head_layer, r.head)), encoding="utf-8").read()
         for k in ("E", "TPR", "TNR"):
             v = getattr(r, k)
-            want = "–" if not np.isfinite(v) else f"{v:.3f}" if v else "0"
+            want = "–" if not np.isfinite(v) else f"{v:.3f}"   # one format: 0.000 as well as 1.000
             assert f'<div class="k">{k}</div><div class="v">{want}</div>' in page, (k, want)
         assert ctxlookup.report.esc(r.explanation) in page
         n_test = page.count('class="ex right"') + page.count('class="ex wrong"')
@@ -289,7 +313,7 @@ def test_numbers_come_from_the_tables(site, run_dir):
     index = open(os.path.join(site, "index.html"), encoding="utf-8").read()
     assert f'<div class="k">an-neuron check</div><div class="v">{int(nt.rising.sum())}/{len(nt)}</div>' in index
     vs = ctxlookup.stats.rising_comparison(ev)
-    assert ctxlookup.report.esc(f"Fisher's exact test, one-sided p = {vs['p']:.2g}") in index
+    assert ctxlookup.report.esc(f"Fisher's exact test, one-sided p = {vs['p']:.1e}") in index
     ev = ev.drop_duplicates(["layer", "neuron"])
     assert len(ev) > 0
     for r in ev.itertuples():
@@ -560,12 +584,13 @@ def test_big_index_pages_in_chromium(browser, run_dir, tmp_path):
 
 
 def test_pages_look_as_before_the_templates(browser, site, run_dir, tmp_path):
-    """Every page of the report laid out in Chromium as the same run's report written by the
-    single-module report of report_look.BEFORE_COMMIT: the same visible text, the same number of
-    headings, cards, examples, tokens, tables, figures, each box within a pixel, each token's class,
-    text, colour (alpha within one step) and tooltip; screenshots of both side by side in the test's
-    folder. The new site is also much smaller: a neuron's tokens are written once, the style and the
-    script once."""
+    """Every page of the report shows, in Chromium, the same examples as the same run's report
+    written by the single-module report of report_look.BEFORE_COMMIT: the same number of examples,
+    token boxes, truncation marks and head lines, each token's class, text, colour (alpha within one
+    step) and tooltip (the text around them changed on purpose since: one number format per
+    column, captions, a layout for phones); screenshots of both side by side in the test's folder.
+    The new site is also much smaller: a neuron's tokens are written once, the style and the script
+    once."""
     import report_look
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -583,7 +608,7 @@ def test_pages_look_as_before_the_templates(browser, site, run_dir, tmp_path):
     for rel in pages:
         x, y = report_look.layout(b, os.path.join(old, rel)), report_look.layout(b, os.path.join(site, rel))
         assert x["problems"] == [] and y["problems"] == [], rel
-        d = report_look.differences(x, y)
+        d = report_look.differences(x, y, keys=report_look.EXAMPLES, exact=False)
         if d:
             bad[rel] = d
         if rel == "index.html" or rel.startswith(("neurons/", "heads/")) and not any(s[0].startswith(rel[:5]) for s in shots):
@@ -656,3 +681,111 @@ def test_damaged_run_files_are_named_with_the_repair(run_dir, tmp_path, capsys):
     assert cli.main(["report", bad, "--no-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ctxlookup report: error: {mpath} is damaged") and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- histogram and quantile examples
+@pytest.fixture(scope="module")
+def atlas_run(run_dir, tmp_path_factory):
+    """A copy of the run whose scan stored ``histograms`` and ``quantile_examples`` (the columns of
+    ctxlookup.neuroscope's tables of those names): made here by ctxlookup.neuroscope (the C Scope)
+    on the run's model and train corpus, read as the scan read it, restricted to the run's neuron
+    layers and filtered to its neurons, the first neuron left out; and its report."""
+    from ctxlookup.neuroscope import neuroscope
+
+    d = tmp_path_factory.mktemp("atlas-run")
+    dest = _edited_copy(run_dir, d / "run")
+    m = json.load(open(os.path.join(dest, "manifest.json")))
+    scan = m["stages"]["scan"]["attrs"]["max_acts"]
+    keys = sorted(set(map(tuple, RunData(dest).neurons[["layer", "neuron"]].astype(int).values.tolist())))
+    atlas = neuroscope(m["model"]["path"], corpus=m["options"]["corpus"], out=str(d / "atlas"),
+                       layers=sorted({k[0] for k in keys}), site=False, progress=False,
+                       max_tokens=scan.get("max_tokens"), prepend_bos=scan.get("prepend_bos", True),
+                       process_weights=m["options"]["process_weights"])
+    tables = {}
+    for name in ("histograms", "quantile_examples"):
+        t = atlas[name]
+        t = t[[(int(a), int(b)) in set(keys[1:]) for a, b in zip(t.layer, t.neuron)]].reset_index(drop=True)
+        assert len(t) and list(t.columns) == list(atlas[name].columns)
+        t.to_parquet(os.path.join(dest, f"{name}.parquet"), index=False)
+        tables[name] = t
+    site = os.path.dirname(report(dest))
+    return dict(dir=dest, site=site, keys=keys, **tables)
+
+
+def test_histogram_and_quantile_examples_are_the_scans(atlas_run, site):
+    """Each neuron page draws the stored histogram (a bar per bin: its edges and count) and the
+    stored examples per activation band (band edges, quantiles, token count, each sample's
+    activation; its window's activation at the sample is the table's, 3 decimals); a neuron the
+    tables leave out, and a run without them, have no such section and no error."""
+    from ctxlookup.report.render import fmt, pct
+
+    hist, quant = atlas_run["histograms"], atlas_run["quantile_examples"]
+    data = RunData(atlas_run["dir"])
+    for l, n in atlas_run["keys"][1:]:
+        text = open(os.path.join(atlas_run["site"], neuron_page(l, n)), encoding="utf-8").read()
+        h = hist[(hist.layer == l) & (hist.neuron == n)].sort_values("bin")
+        bars = re.findall(r'<rect [^>]*data-lo="([^"]+)" data-hi="([^"]+)" data-count="(\d+)"', text)
+        assert [(float(a), float(b), int(c)) for a, b, c in bars] == list(zip(h.lo, h.hi, h["count"]))
+        assert f"over all {int(h['count'].sum()):,} tokens" in text
+        q = quant[(quant.layer == l) & (quant.neuron == n)].sort_values(["band", "sample"])
+        shown = re.findall(r'<div class="band" id="band-(\d+)"><div class="meta"><span>activation <b>([^<]+)</b> to '
+                           r'<b>([^<]+)</b></span><span>quantiles ([^<]+)–([^<]+)</span><span>([\d,]+) tokens?</span>'
+                           r'</div>(.*?)</div>\n', text, re.S)
+        bands = q.drop_duplicates("band").sort_values("band", ascending=False)
+        assert [int(s[0]) for s in shown] == bands.band.tolist()
+        for s, r in zip(shown, bands.itertuples(index=False)):
+            assert s[1:6] == (fmt(r.lo), fmt(r.hi), pct(r.quantile_lo, 3), pct(r.quantile_hi, 3), f"{int(r.band_tokens):,}")
+            rows = q[q.band == r.band]
+            acts = re.findall(r'<span class="qa" title="doc (\d+), token (\d+)">([^<]+)</span><div class="toks" '
+                              r'data-ex="(q-\d+-\d+)"></div>', s[6])
+            assert [(int(a), int(b), c) for a, b, c, _ in acts] == [
+                (int(x.doc_id), int(x.position), fmt(x.activation)) for x in rows.itertuples(index=False)]
+            ex = _examples_js(atlas_run["site"], l, n)["ex"]
+            for (doc, pos, _, key), x in zip(acts, rows.itertuples(index=False)):
+                w = ex[key]
+                assert key.endswith(f"-{doc}") and w["p"] == int(pos) and w["f"] <= w["p"] < w["f"] + len(w["t"])
+                got = w["a"][w["p"] - w["f"]]
+                assert abs(got / 1000 - x.activation) <= 0.0011, (l, n, key, got, x.activation)
+    assert data.prepare_quantiles(atlas_run["keys"]) is None and data.mismatches == 0
+    l, n = atlas_run["keys"][0]
+    text = open(os.path.join(atlas_run["site"], neuron_page(l, n)), encoding="utf-8").read()
+    assert 'id="histogram"' not in text and 'id="quantiles"' not in text and "maxima differ" not in text
+    for page in _pages(site):   # the run without the tables
+        text = open(page, encoding="utf-8").read()
+        assert 'id="histogram"' not in text and 'id="quantiles"' not in text
+    # the notebook view draws the same, tokens inline
+    l, n = atlas_run["keys"][1]
+    frag = NeuronView(atlas_run["dir"], l, n).html()
+    assert frag.count('<div class="qex">') == len(quant[(quant.layer == l) & (quant.neuron == n)])
+    assert 'data-ex="q-' not in frag and 'svg class="hist"' in frag
+
+
+def test_pages_are_readable_on_a_phone(browser, atlas_run, tmp_path):
+    """Every kind of page (the index with its figures, the neuron and head lists, a neuron page with
+    its histogram, a neuron-head page) at 1400 and 390 px: no horizontal overflow, every text at
+    WCAG AA contrast (page_checks, shared with the live panel's test), one number format per table
+    column; screenshots of each in the test's folder."""
+    from page_checks import check_readable, column_formats, set_width
+
+    site = atlas_run["site"]
+    l, n = atlas_run["keys"][1]
+    p = RunData(atlas_run["dir"]).pairs.iloc[0]
+    pages = [("index", "index.html"), ("neuron-list", "lists/neurons-1.html"), ("head-list", "lists/heads-1.html"),
+             ("neuron", neuron_page(l, n)), ("head", head_page(p.layer, p.neuron, p.head_layer, p["head"]))]
+    b = browser
+    try:
+        for name, rel in pages:
+            set_width(b, 1400)
+            mark = b.open(_file_url(os.path.join(site, rel)))
+            assert b.problems(mark) == [], rel
+            b.eval("document.querySelectorAll('details').forEach(function(d){d.open = true})")
+            mixed = [(h, f) for h, f in column_formats(b) if len([k for k in f if k != "text"]) > 1]
+            assert not mixed, (rel, mixed)
+            for width in (1400, 390):
+                check_readable(b, tmp_path, name, width)
+            if name == "neuron":
+                assert b.eval("document.querySelectorAll('svg.hist rect').length") == len(
+                    atlas_run["histograms"].query("layer == @l and neuron == @n"))
+                assert b.eval("document.querySelectorAll('.qex .toks[data-ex]:empty').length") == 0
+    finally:
+        set_width(b, 1280, 1600)

@@ -18,6 +18,7 @@ import pytest
 
 import ctxlookup
 from live_run import TOL_ACT, TOL_PROB, TOL_SCORE, live_run, oracle
+from page_checks import check_readable, set_width
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -182,6 +183,10 @@ def test_info_and_pages(server, run, pair):
     assert info["n_ctx"] == 256 and info["explainer"] == "offline"
     st, page = call(server.url, f"/neurons/L{layer}N{neuron}.html")
     assert st == 200 and page.count(b'src="/_live/live.js"') == 1 and page.rstrip().endswith(b"</body></html>")
+    assert f'<body data-layer="{layer}" data-neuron="{neuron}">'.encode() in page  # the page names its neuron
+    st, hpage = call(server.url, f"/heads/L{layer}N{neuron}_L{hl}H{h}.html")
+    assert st == 200 and (f'<body data-layer="{layer}" data-neuron="{neuron}" data-head-layer="{hl}" '
+                          f'data-head="{h}">').encode() in hpage
     assert page.index(b"/_live/live.js") < page.index(b"</body>")
     st, js = call(server.url, "/_live/live.js")
     assert st == 200 and b"data-head-layer" in js
@@ -343,48 +348,12 @@ TOKENS = ("Array.from(document.querySelectorAll('.ctxl-live-out > .ctxl-live-tok
           " s.style.backgroundColor]})")
 HEADS = ("Array.from(document.querySelectorAll('.ctxl-live-heads tbody tr'))"
          ".map(function(r){return [r.dataset.head, +r.dataset.score, r.dataset.active === '1']})")
-NO_OVERFLOW = ("(function(){var p=document.querySelector('.ctxl-live'), r=p.getBoundingClientRect();"
-               "return [p.scrollWidth, p.clientWidth, r.left, r.right, window.innerWidth]})()")
-
-
-# WCAG 2 contrast of every visible text in the panel against its composited background
-CONTRAST = r"""(function(){
- function rgba(s){var m=s.match(/rgba?\(([^)]+)\)/); if(!m) return [0,0,0,0];
-   var p=m[1].split(',').map(parseFloat); return [p[0],p[1],p[2],p.length>3?p[3]:1];}
- function bg(el){var layers=[]; for(var e=el;e;e=e.parentElement){var c=rgba(getComputedStyle(e).backgroundColor);
-   if(c[3]>0) layers.push(c); if(c[3]>=1) break;}
-   var r=[255,255,255]; for(var i=layers.length-1;i>=0;i--){var c=layers[i];
-   r=[0,1,2].map(function(k){return c[k]*c[3]+r[k]*(1-c[3]);});} return r;}
- function lum(c){var a=c.map(function(v){v/=255;return v<=0.03928?v/12.92:Math.pow((v+0.055)/1.055,2.4);});
-   return 0.2126*a[0]+0.7152*a[1]+0.0722*a[2];}
- var worst=[99,''], n=0;
- document.querySelectorAll('.ctxl-live, .ctxl-live *').forEach(function(el){
-   if(!Array.from(el.childNodes).some(function(t){return t.nodeType===3&&t.textContent.trim();})) return;
-   if(!el.getClientRects().length) return;
-   var st=getComputedStyle(el), f=rgba(st.color), b=bg(el);
-   var fc=[0,1,2].map(function(k){return f[k]*f[3]+b[k]*(1-f[3]);});
-   var L1=lum(fc), L2=lum(b), r=(Math.max(L1,L2)+0.05)/(Math.min(L1,L2)+0.05); n++;
-   if(r<worst[0]) worst=[r, el.tagName+'.'+el.className+': '+el.textContent.slice(0,30)];});
- return [worst[0], worst[1], n];})()"""
 
 
 def _shot(b, tmp_path, name, width):
-    b.send("Emulation.setDeviceMetricsOverride", width=width, height=1400, deviceScaleFactor=1, mobile=width < 500)
-    time.sleep(0.3)
-    png = b.screenshot()
-    path = tmp_path / f"{name}-{width}px.png"
-    path.write_bytes(png)
-    print(f"\nscreenshot: {path}")
-    from PIL import Image
-    import io
-
-    img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float64)
-    assert img.shape[1] == width and img.std() > 10
-    ratio, where, n = b.eval(CONTRAST)
-    print(f"lowest text contrast in the panel: {ratio:.2f} ({where})")
-    assert n > 10 and ratio >= 4.5, (name, width, ratio, where)  # WCAG AA for normal text
-    sw, cw, left, right, inner = b.eval(NO_OVERFLOW)
-    assert sw <= cw and left >= 0 and right <= inner + 0.5, (name, width, sw, cw, left, right, inner)
+    """The page at ``width`` px: a screenshot, the panel's texts at WCAG AA contrast, nothing of it
+    (or of the page) sticking out sideways (page_checks, shared with the report's browser tests)."""
+    check_readable(b, tmp_path, name, width, root=".ctxl-live", min_texts=11)
 
 
 def test_live_panel_in_chromium(server, run, model, pair, tmp_path):
@@ -423,7 +392,7 @@ def test_live_panel_in_chromium(server, run, model, pair, tmp_path):
         assert got == {f"L{a}H{c}": bool(act) for a, c, act in zip(att.head_layer, att["head"], att.active)}
         _shot(b, tmp_path, "neuron", 1400)
         _shot(b, tmp_path, "neuron", 390)
-        b.send("Emulation.setDeviceMetricsOverride", width=1400, height=1400, deviceScaleFactor=1, mobile=False)
+        set_width(b, 1400)
         # compare mode
         b.eval("document.querySelectorAll('.ctxl-live-mode')[1].click()")
         edited = TEXT.replace("the dog looked", "a small grey dog looked")
@@ -438,7 +407,7 @@ def test_live_panel_in_chromium(server, run, model, pair, tmp_path):
         for d in cmp["diff"]:
             assert abs(diffs[d["pos_b"]] - d["d_activation"]) < 2 * TOL_ACT
         _shot(b, tmp_path, "compare", 390)
-        b.send("Emulation.setDeviceMetricsOverride", width=1400, height=1400, deviceScaleFactor=1, mobile=False)
+        set_width(b, 1400)
         # empty text: the server's message in the panel (the one expected 400)
         b.eval("document.querySelectorAll('.ctxl-live-mode')[0].click()")
         _wait(b, READY + " === 'ready'")
@@ -464,6 +433,17 @@ def test_live_panel_in_chromium(server, run, model, pair, tmp_path):
         assert ("head is active" if c["active"] else "head is inactive") in said
         _shot(b, tmp_path, "head", 1400)
         _shot(b, tmp_path, "head", 390)
+        assert b.problems(since) == []
+
+        # the panel reads the neuron and head from the page's <body>, not from its file name
+        src = os.path.join(run.dir, "report", "heads", f"L{layer}N{neuron}_L{hl}H{h}.html")
+        with open(src, "rb") as f, open(os.path.join(os.path.dirname(src), "renamed-copy.html"), "wb") as g:
+            g.write(f.read())
+        since = b.open(f"{server.url}/heads/renamed-copy.html")
+        _wait(b, READY + " === 'ready'")
+        assert b.eval("document.querySelector('.ctxl-live-expl').textContent") == explanation
+        assert b.eval("document.querySelector('.ctxl-live').getAttribute('aria-label')") == \
+            f"Live neuron: L{layer}N{neuron} \u00b7 head L{hl}H{h}"
         assert b.problems(since) == []
     finally:
         b.close()

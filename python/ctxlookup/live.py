@@ -431,7 +431,7 @@ class LiveEngine:
         me = next(h for h in heads if h["head_layer"] == head_layer and h["head"] == head)
         # the text as run: cut to the context when it was
         shown = self.model.require_tokenizer().decode(ids[first:]) if cut else text
-        from .explain import build_classify_prompt, parse_yes_no
+        from .score import build_classify_prompt, parse_yes_no
 
         prompt = build_classify_prompt(ex["explanation"], shown, ex.get("token") or tok["token"],
                                        version=self.protocol.get("template_version", "ctxlookup"))

@@ -7,8 +7,10 @@ from ``file://`` with no server and no network:
   Figures 5 and 6, Tables 3 and 4, wall time per stage) and two searchable, sortable, paged
   explorers, of the neurons and of the neuron-head pairs, whose rows live in
   ``assets/index-data.js`` (plain paged lists under ``lists/`` serve browsers without JavaScript);
-- ``neurons/L{l}N{n}.html``, a page per neuron: its top congruence tokens, the heads active on its
-  prompts, and its max-activating examples with every token coloured by the neuron's activation
+- ``neurons/L{l}N{n}.html``, a page per neuron: its top and bottom tokens by logit attribution,
+  its activation histogram and examples per activation quantile (when the run's scan stored the
+  ``histograms`` and ``quantile_examples`` tables), the heads active on its prompts, and its
+  max-activating examples with every token coloured by the neuron's activation
   in a window around the maximum, the truncation point marked, and the heads active on each
   prompt;
 - ``heads/L{l}N{n}_L{k}H{i}.html``, a page per neuron-head pair: the explanation, the active and
@@ -24,7 +26,8 @@ the pipeline stored (see :mod:`ctxlookup.report.data`).
 
 In Jupyter, :class:`NeuronView`, :class:`HeadView` and :class:`RunView` render the same views
 inline (``_repr_html_``, tokens drawn inline, no script), and :func:`view` turns a DataFrame row
-into the right one.
+into the right one. ``NeuronView(...).interactive()`` and ``HeadView(...).interactive()`` return
+the live ipywidgets panel of :mod:`ctxlookup.interactive` (type a text, see the neuron on it).
 
 This package is callable: ``ctxlookup.report(run_dir)`` is :func:`report`.
 """
@@ -42,7 +45,7 @@ import pandas as pd
 
 from .data import AFTER, BEFORE, Example, RunData, isnum
 from .render import (STATIC, Links, esc, example_page, examples_js, fmt, fragment, head_html, head_label, head_page,
-                     index_html, index_records, list_pages, nav_html, neuron_html, neuron_label, neuron_page, page,
+                     index_html, index_records, list_pages, nav_html, neuron_html, neuron_label, neuron_page, page, page_key,
                      summary_html, tables_html)
 
 __all__ = ["report", "RunData", "Example", "NeuronView", "HeadView", "RunView", "view", "neuron_page", "head_page",
@@ -91,6 +94,7 @@ def report(run, out: Optional[str] = None, model=None, corpus=None, test_corpus=
     pairs = [tuple(x) for x in data.pairs[["layer", "neuron", "head_layer", "head"]].astype(int).values.tolist()]
     data.prepare(neurons, progress=progress)
     data.prepare_congruence(neurons)
+    data.prepare_quantiles(neurons, progress=progress)
     # the stylesheet and the script, once; the figures
     shutil.copytree(STATIC, os.path.join(out, "static"), dirs_exist_ok=True)
     assets = os.path.join(out, "assets")
@@ -116,13 +120,13 @@ def report(run, out: Optional[str] = None, model=None, corpus=None, test_corpus=
         body = neuron_html(data, l, n, sub)
         body += nav_html(sub, neurons[i - 1] if i else None, neurons[i + 1] if i + 1 < len(neurons) else None, "neuron")
         _write(os.path.join(out, neuron_page(l, n)), page(f"{neuron_label(l, n)} \u00b7 ctxlookup", body, depth=1,
-                                                          scripts=["../" + example_page(l, n)]))
+                                                          scripts=["../" + example_page(l, n)], key=page_key(l, n)))
     for i, k in enumerate(pairs):
         body = head_html(data, *k, links=sub)
         body += nav_html(sub, pairs[i - 1] if i else None, pairs[i + 1] if i + 1 < len(pairs) else None, "head")
         _write(os.path.join(out, head_page(*k)),
                page(f"{head_label(k[2], k[3])} \u2192 {neuron_label(k[0], k[1])} \u00b7 ctxlookup", body, depth=1,
-                    scripts=["../" + example_page(k[0], k[1])]))
+                    scripts=["../" + example_page(k[0], k[1])], key=page_key(*k)))
     if progress:
         print(f"report: {len(neurons)} neuron pages, {len(pairs)} head pages in {time.perf_counter() - t0:.1f} s: "
               f"{os.path.join(out, 'index.html')}", file=sys.stderr)
@@ -157,7 +161,7 @@ class _View:
 
     def save(self, path: str) -> str:
         """Write this view as a standalone HTML page (the stylesheet inline)."""
-        _write(os.path.abspath(path), page(self._title(), self._body(), standalone=True))
+        _write(os.path.abspath(path), page(self._title(), self._body(), standalone=True, key=self._key()))
         return path
 
     def _body(self) -> str:
@@ -165,6 +169,9 @@ class _View:
 
     def _title(self) -> str:
         return "ctxlookup"
+
+    def _key(self) -> list:
+        return []
 
 
 class NeuronView(_View):
@@ -179,6 +186,18 @@ class NeuronView(_View):
 
     def _title(self) -> str:
         return neuron_label(self.layer, self.neuron)
+
+    def interactive(self, text: Optional[str] = None):
+        """The live panel (:func:`ctxlookup.interactive.neuron_panel`): a text box (default: the
+        neuron's top example) and the neuron on the typed text, its tokens coloured by activation
+        and the heads at the maximum; ``panel.callback(text)`` gives the same ``(html, data)``
+        without a widget. Needs ipywidgets (``pip install 'ctxlookup[serve]'``)."""
+        from ..interactive import neuron_panel
+
+        return neuron_panel(self.data.dir, self.layer, self.neuron, text=text)
+
+    def _key(self) -> list:
+        return page_key(self.layer, self.neuron)
 
     def __repr__(self) -> str:
         return f"NeuronView({self.data.dir!r}, {self.layer}, {self.neuron})"
@@ -198,6 +217,16 @@ class HeadView(_View):
 
     def _title(self) -> str:
         return f"{head_label(self.key[2], self.key[3])} -> {neuron_label(self.key[0], self.key[1])}"
+
+    def interactive(self, text: Optional[str] = None):
+        """:meth:`NeuronView.interactive` with the head's explanation and its live activity
+        (:func:`ctxlookup.interactive.head_panel`)."""
+        from ..interactive import head_panel
+
+        return head_panel(self.data.dir, *self.key, text=text)
+
+    def _key(self) -> list:
+        return page_key(*self.key)
 
     def __repr__(self) -> str:
         return f"HeadView({self.data.dir!r}, {', '.join(map(str, self.key))})"

@@ -29,7 +29,10 @@ import pandas as pd
 from ..attribution import active_threshold
 from ..windows import AFTER, BEFORE, MAX_BEFORE
 
-__all__ = ["RunData", "Example", "BEFORE", "AFTER", "MAX_BEFORE", "isnum", "cell"]
+__all__ = ["RunData", "Example", "Band", "BEFORE", "AFTER", "MAX_BEFORE", "QUANT_BEFORE", "QUANT_AFTER", "isnum",
+           "cell"]
+
+QUANT_BEFORE, QUANT_AFTER = 8, 3   # tokens shown around a quantile example (as the neuroscope atlas shows them)
 
 
 def isnum(x) -> bool:
@@ -90,6 +93,21 @@ class Example:
     context: str = "none"            # "document", "prompt" (truncated prompt alone) or "none"
     prompt_tokens: Optional[np.ndarray] = None   # the truncated prompt's ids (BOS excluded)
 
+
+@dataclass
+class Band:
+    """One activation band of a neuron's histogram and its sampled tokens (the scan's
+    ``quantile_examples`` rows of the band): activations in ``[lo, hi)``, ``tokens`` of the
+    corpus's tokens in it, the share of tokens below it ``quantile_lo`` and up to its top
+    ``quantile_hi``; each example's ``activation`` and ``position`` are the stored ones."""
+
+    band: int
+    lo: float
+    hi: float
+    tokens: int
+    quantile_lo: float
+    quantile_hi: float
+    examples: List[Example]
 
 
 class RunData:
@@ -548,6 +566,76 @@ class RunData:
                  if e.acts is not None and len(e.acts)]
         m = max([v for v in vals if np.isfinite(v)], default=0.0)
         return m if m > 0 else 1.0
+
+    # ------------------------------------------------------------------ histogram and quantile examples
+    def _by_neuron(self, name: str) -> dict:
+        key = f"by-neuron-{name}"
+        if key not in self._cache:
+            t = self.table(name)
+            self._cache[key] = ({(int(l), int(n)): g for (l, n), g in t.groupby(["layer", "neuron"], sort=False)}
+                                if len(t) and {"layer", "neuron"} <= set(t.columns) else {})
+        return self._cache[key]
+
+    def histogram(self, layer: int, neuron: int) -> Optional[pd.DataFrame]:
+        """The neuron's activation histogram as the scan stored it (table ``histograms``: columns
+        ``bin, lo, hi, count``, by bin), or None when the run has no such table or it lacks the
+        neuron."""
+        g = self._by_neuron("histograms").get((int(layer), int(neuron)))
+        return None if g is None else g.sort_values("bin").reset_index(drop=True)
+
+    def bands(self, layer: int, neuron: int) -> List[Band]:
+        """The neuron's examples per activation band (table ``quantile_examples``), highest band
+        first, each example with its tokens around the position (:meth:`prepare_quantiles`); []
+        when the run has no such table."""
+        k = (int(layer), int(neuron))
+        if k not in self._cache.setdefault("bands", {}):
+            self.prepare_quantiles([k])
+        return self._cache["bands"].get(k, [])
+
+    def prepare_quantiles(self, neurons: Iterable[Tuple[int, int]], progress: bool = False) -> None:
+        """The bands of many neurons at once; their examples' token windows (``QUANT_BEFORE``
+        tokens before the sampled token, ``QUANT_AFTER`` after) are read with the run's model on
+        the train corpus (one batched pass, as the atlas site does: the table stores where the
+        samples are, not their text). A window's activation at the sample that differs from the
+        stored one is counted in ``mismatches``; without the model or the corpus the bands are
+        shown without text."""
+        store = self._cache.setdefault("bands", {})
+        todo = sorted({(int(a), int(b)) for a, b in neurons} - set(store))
+        by = self._by_neuron("quantile_examples")
+        rows = []
+        for k in todo:
+            store[k] = []
+            g = by.get(k)
+            if g is None:
+                continue
+            g = g.sort_values(["band", "sample"])
+            for rank, r in enumerate(g.itertuples(index=False)):
+                if not store[k] or store[k][-1].band != int(r.band):
+                    store[k].append(Band(band=int(r.band), lo=float(r.lo), hi=float(r.hi), tokens=int(r.band_tokens),
+                                         quantile_lo=float(r.quantile_lo), quantile_hi=float(r.quantile_hi),
+                                         examples=[]))
+                e = Example(split="q", layer=k[0], neuron=k[1], rank=rank, doc_id=int(r.doc_id), subset=None,
+                            position=int(r.position), activation=float(r.activation))
+                store[k][-1].examples.append(e)
+                rows.append(e)
+            store[k].reverse()
+        if not rows or self.model is None or self.corpus("train") is None:
+            return
+        from ..windows import example_windows
+
+        try:
+            texts = {i: d.text for i, d in self.corpus("train").get({e.doc_id for e in rows}).items()}
+        except Exception as err:  # a corpus that changed, or lost documents
+            self.corpus_problem["train"] = f"the corpus's documents could not be read ({err})"
+            return
+        scan = self.stage_attrs("scan", "max_acts")
+        want = pd.DataFrame([dict(layer=e.layer, neuron=e.neuron, rank=e.rank, doc_id=e.doc_id, position=e.position)
+                             for e in rows])
+        win = example_windows(self.model, want, texts=texts, before=QUANT_BEFORE, after=QUANT_AFTER,
+                              max_before=QUANT_BEFORE, prepend_bos=bool(scan.get("prepend_bos", True)),
+                              max_tokens=scan.get("max_tokens"), batch_tokens=self.batch_tokens, progress=progress)
+        self._attach(rows, win)
+        self._cache.pop(f"windows-{id(win)}", None)
 
     # ------------------------------------------------------------------ congruence
     def top_tokens(self, layer: int, neuron: int) -> Optional[dict]:

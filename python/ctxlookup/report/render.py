@@ -21,9 +21,9 @@ from markupsafe import Markup
 
 from .data import Example, RunData, cell, isnum
 
-__all__ = ["esc", "fmt", "neuron_label", "head_label", "neuron_page", "head_page", "example_page", "Links",
+__all__ = ["esc", "fmt", "pval", "pct", "neuron_label", "head_label", "neuron_page", "head_page", "example_page", "Links",
            "neuron_html", "head_html", "summary_html", "tables_html", "index_html", "list_pages", "nav_html",
-           "page", "fragment", "examples_js", "index_records", "STATIC"]
+           "page", "page_key", "fragment", "examples_js", "index_records", "STATIC"]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _CSS_SCOPED = "/* scoped:"
@@ -36,7 +36,9 @@ def esc(x) -> str:
 
 
 def fmt(x, digits: int = 3) -> str:
-    """A number for a table: ``–`` for missing, integers as they are, small numbers in e-notation."""
+    """A number for a table: ``–`` for missing, integers as they are, every other number with
+    ``digits`` decimals (one format per column: ``0.000`` next to ``1.000``, never ``7.38e-06``
+    next to ``0.489``; a value that rounds to zero is ``0.000``, not ``-0.000``)."""
     if x is None or x is pd.NA:
         return "–"
     if isinstance(x, (bool, np.bool_)):
@@ -49,15 +51,23 @@ def fmt(x, digits: int = 3) -> str:
         return str(x)
     if not np.isfinite(v):
         return "–"
-    if v == 0:
-        return "0"
-    if 1e-3 <= abs(v) < 1e5:
-        return f"{v:.{digits}f}"
-    return f"{v:.{max(digits - 1, 1)}e}"
+    out = f"{v:.{digits}f}"
+    return out[1:] if out.startswith("-") and float(out) == 0 else out
 
 
-def pct(x) -> str:
-    return "–" if not isnum(x) else f"{100 * float(x):.0f}%"
+def pval(x) -> str:
+    """A p-value: always two significant digits in e-notation (``3.1e-02``, ``4.0e-12``)."""
+    return "–" if not isnum(x) else f"{float(x):.1e}"
+
+
+def is_pvalue(name: str) -> bool:
+    """A column of p-values, by its name (``p``, ``ks_p``, ``skew_p_greater``, ...)."""
+    return name == "p" or name.endswith("_p") or "_p_" in name
+
+
+def pct(x, digits: int = 0) -> str:
+    """A fraction as a percentage with ``digits`` decimals."""
+    return "–" if not isnum(x) else f"{100 * float(x):.{digits}f}%"
 
 
 def visible(s: str) -> str:
@@ -121,7 +131,7 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("ctxlookup.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              finalize=lambda x: "" if x is None else x)
-    env.filters.update(fmt=fmt, pct=pct, quoted=quoted, visible=visible, cell=cell, isnum=isnum, shorten=_shorten,
+    env.filters.update(fmt=fmt, pct=pct, pval=pval, quoted=quoted, visible=visible, cell=cell, isnum=isnum, shorten=_shorten,
                        plus=_plus, neuron_label=neuron_label, head_label=head_label, colour=colour, zip=zip,
                        actval=lambda a: "" if not np.isfinite(a) else f" \u00b7 {a:.3f}",
                        example_id=lambda e: f"{e.split}-{e.rank}-{e.doc_id}")
@@ -167,12 +177,24 @@ def _css(scoped_only: bool) -> str:
     return css[css.index(_CSS_SCOPED):] if scoped_only else css
 
 
-def page(title: str, body: str, depth: int = 0, scripts: Sequence[str] = (), standalone: bool = False) -> str:
+def page_key(layer: int, neuron: int, head_layer: Optional[int] = None, head: Optional[int] = None) -> List[tuple]:
+    """The ``<body>`` data attributes that say which neuron (and head) a page is about
+    (``data-layer``, ``data-neuron``, ``data-head-layer``, ``data-head``): the live panel of
+    ``ctxlookup serve`` (``serve_static/live.js``) reads them."""
+    out = [("layer", int(layer)), ("neuron", int(neuron))]
+    if head_layer is not None:
+        out += [("head-layer", int(head_layer)), ("head", int(head))]
+    return out
+
+
+def page(title: str, body: str, depth: int = 0, scripts: Sequence[str] = (), standalone: bool = False,
+         key: Sequence[tuple] = ()) -> str:
     """A whole HTML page: the report's stylesheet linked (``depth`` folders down), or inlined
-    when ``standalone``; ``scripts``: their paths, ``static/report.js`` last."""
+    when ``standalone``; ``scripts``: their paths, ``static/report.js`` last; ``key``: the
+    :func:`page_key` of a neuron's or a head's page."""
     up = "../" * depth
     scripts = [] if standalone else list(scripts) + [f"{up}static/report.js"]
-    return _render("page.html", title=title, body=Markup(body), up=up, scripts=scripts,
+    return _render("page.html", title=title, body=Markup(body), up=up, scripts=scripts, attrs=list(key),
                    css=Markup(_css(False)) if standalone else None) + "\n"
 
 
@@ -277,6 +299,25 @@ def _evidence(data: RunData, layer: int, neuron: int) -> Optional[dict]:
                 n_positions=int(r["n_positions"]), rising=bool(r["rising"]), spearman=r["bin_spearman"], auc=r["auc"])
 
 
+def _histogram(data: RunData, layer: int, neuron: int) -> Optional[dict]:
+    """The SVG of the neuron's stored activation histogram: a bar per bin, its height log(1 + count)
+    (so that the rare high activations stay visible beside the mass near 0)."""
+    h = data.histogram(layer, neuron)
+    if h is None or not len(h):
+        return None
+    counts = h["count"].to_numpy(np.int64)
+    total = int(counts.sum())
+    top = max(float(np.log1p(counts).max()), 1e-9)
+    W, H, pad, pad_b, pad_t = 560, 150, 10, 30, 8
+    bw = (W - 2 * pad) / len(h)
+    lo, hi = float(h.lo.iloc[0]), float(h.hi.iloc[-1])
+    bars = [dict(x=pad + i * bw, h=(H - pad_b - pad_t) * float(np.log1p(c)) / top, lo=float(a), hi=float(b), c=int(c),
+                 f=c / max(total, 1)) for i, (a, b, c) in enumerate(zip(h.lo, h.hi, counts))]
+    zero = pad + (0 - lo) / (hi - lo) * (W - 2 * pad) if lo < 0 < hi else None
+    return dict(W=W, H=H, pad=pad, pad_b=pad_b, pad_t=pad_t, bw=bw, bars=bars, lo=lo, hi=hi, total=total, zero=zero,
+                width=float(h.hi.iloc[0] - h.lo.iloc[0]))
+
+
 def neuron_html(data: RunData, layer: int, neuron: int, links: Links) -> str:
     """The body of a neuron's page (also its notebook view)."""
     layer, neuron = int(layer), int(neuron)
@@ -293,6 +334,7 @@ def neuron_html(data: RunData, layer: int, neuron: int, links: Links) -> str:
         notes=_notes(data, ("train", "test"), coloured), tt=data.top_tokens(layer, neuron),
         model_problem=data.model_problem or "the run has no top_tokens table", ev=_evidence(data, layer, neuron),
         has_evidence=data.has("evidence"), binning=_binning_words(data), grid=_grid(data, links, layer, neuron, exs),
+        hist=_histogram(data, layer, neuron), bands=data.bands(layer, neuron),
         coloured=coloured,
         scale=data.scale(layer, neuron))
 
@@ -388,7 +430,11 @@ def _df_table(df: pd.DataFrame) -> Optional[dict]:
         return None
     cols = list(df.columns)
     num = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
-    rows = [[fmt(v) if n else (v if cell(v) is not None else "\u2013") for v, n in zip(r, num)]
+    # one format per column: p-values in e-notation, integers as integers, the rest with 3 decimals
+    how = [None if not n else pval if is_pvalue(str(c)) else
+           (lambda v: fmt(int(v)) if isnum(v) else fmt(v)) if pd.api.types.is_integer_dtype(df[c]) else fmt
+           for c, n in zip(cols, num)]
+    rows = [[f(v) if f else (v if cell(v) is not None else "\u2013") for v, f in zip(r, how)]
             for r in df[cols].itertuples(index=False)]
     return dict(header=cols, rows=rows, num=num)
 
@@ -417,7 +463,7 @@ def _evidence_card(data: RunData) -> Optional[dict]:
     nt, rnd, vs = by.get("next_token", {}), by.get("random", {}), ev.get("vs_random")
     v = f"{nt.get('rising', 0)}/{nt.get('neurons', 0)}" if nt else "–"
     sub = ((f"random: {rnd.get('rising', 0)}/{rnd.get('neurons', 0)}; " if rnd else "") +
-           (f"Fisher's exact test, one-sided p = {vs['p']:.2g}; " if vs else "") + f"{ev.get('docs', '?')} test documents")
+           (f"Fisher's exact test, one-sided p = {pval(vs['p'])}; " if vs else "") + f"{ev.get('docs', '?')} test documents")
     return dict(v=v, sub=sub)
 
 
@@ -547,25 +593,52 @@ def nav_html(links: Links, prev, nxt, kind: str) -> str:
     return _render("nav.html", prev=lk(prev), next=lk(nxt), index=links.index())
 
 
-def _thousandths(a: float):
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_"
+
+
+def pack(values) -> str:
+    """Non-negative integers as one string, each in 5-bit groups, least significant first: a
+    character of ``_DIGITS[32:]`` for a group that more follow, of ``_DIGITS[:32]`` for the last
+    (``static/report.js``'s ``unpack`` reads it): 0-31 take one character, up to 1023 two."""
+    out = []
+    for u in values:
+        u = int(u)
+        while u >= 32:
+            out.append(_DIGITS[32 + (u & 31)])
+            u >>= 5
+        out.append(_DIGITS[u])
+    return "".join(out)
+
+
+def _act_code(a: float) -> int:
+    """An activation as ``pack`` writes it: 0 for a missing one, else 1 + 2 x the thousandths its
+    tooltip shows (``f"{a:.3f}"``), + 1 when negative (a negative activation that rounds to 0
+    thousandths stays negative: blue, not orange)."""
     if not np.isfinite(a):
-        return None
+        return 0
     k = int(round(float(f"{a:.3f}") * 1000))
-    return k if k or a >= 0 else float(str(np.float32(a)))
+    return 1 + 2 * abs(k) + (1 if a < 0 else 0)
 
 
 def examples_js(data: RunData, layer: int, neuron: int) -> str:
-    """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, ex}``, each
-    example's tokens and activations under its element id. An activation is written as the integer
-    number of thousandths its tooltip shows (``f"{a:.3f}"``), or, when that is 0 for a negative
-    activation (blue, not orange), as itself."""
-    ex = {}
-    for split in ("train", "test"):
-        for e in data.examples(layer, neuron, split):
-            if e.strs is None:
-                continue
-            ex[f"{e.split}-{e.rank}-{e.doc_id}"] = dict(
-                f=e.first, p=e.position, s=e.start, n=e.doc_len, t=e.strs,
-                a=[_thousandths(a) for a in e.acts])
-    obj = dict(scale=data.scale(layer, neuron), ex=ex)
+    """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, v, ex}``. ``v``:
+    the neuron's token texts, each once, the most frequent first; ``ex``: under each example's
+    element id, ``[first, maximum, prompt start or null, document tokens or null, tokens,
+    activations]``, the tokens as indices into ``v`` and the activations as :func:`_act_code`, both
+    :func:`pack`-ed (a third of the JSON lists' size)."""
+    rows = []
+    quant = [e for b in data.bands(layer, neuron) for e in b.examples]
+    for split in ("train", "test", "q"):
+        for e in (quant if split == "q" else data.examples(layer, neuron, split)):
+            if e.strs is not None:
+                rows.append(e)
+    freq: Dict[str, int] = {}
+    for e in rows:
+        for t in e.strs:
+            freq[t] = freq.get(t, 0) + 1
+    vocab = sorted(freq, key=lambda t: (-freq[t], t))
+    index = {t: i for i, t in enumerate(vocab)}
+    ex = {f"{e.split}-{e.rank}-{e.doc_id}": [e.first, e.position, e.start, e.doc_len, pack(index[t] for t in e.strs),
+                                              pack(_act_code(a) for a in e.acts)] for e in rows}
+    obj = dict(scale=data.scale(layer, neuron), v=vocab, ex=ex)
     return "window.CTXL_EXAMPLES = " + json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + ";\n"

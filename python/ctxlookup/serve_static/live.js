@@ -2,11 +2,13 @@
  * its heads on it. `ctxlookup serve` adds this script (and live.css) to every HTML page it serves.
  *
  * Which neuron (and head) a page is about, in this order:
- *   1. data attributes on <body> (or on any element with data-ctxl-page):
+ *   1. data attributes on <body> (or on any element with data-ctxl-page), as ctxlookup report
+ *      writes them on its neuron and neuron-head pages:
  *        data-layer="3" data-neuron="43"                          a neuron page
  *        data-layer="3" data-neuron="43" data-head-layer="2" data-head="6"   a neuron-head page
- *   2. the file name: .../L{layer}N{neuron}.html or .../L{layer}N{neuron}_L{head_layer}H{head}.html
- *      (ctxlookup report's neurons/ and heads/ pages).
+ *   2. only for pages without them (a neuroscope atlas's neurons/L{layer}N{neuron}.html, a report
+ *      written before the attributes): the file name, .../L{layer}N{neuron}.html or
+ *      .../L{layer}N{neuron}_L{head_layer}H{head}.html.
  * A page with neither gets no panel. The panel goes into the element with data-live-panel if the
  * page has one, else right after the page's first <h1>, else at the top of <body>.
  *

@@ -11,9 +11,31 @@
 
   // ---------------------------------------------------------------- coloured tokens
   // Each neuron's examples live once in ../assets/examples/L{l}N{n}.js (window.CTXL_EXAMPLES:
-  // {scale, ex: {id: {f: first token, p: the maximum, s: the prompt's start or null,
-  // n: document tokens or null, t: token texts, a: activations in thousandths}}}), shared by the neuron's page
-  // and its heads' pages; each <div class="toks" data-ex="id"> is drawn from it.
+  // {scale, v: token texts, ex: {id: [first token, the maximum, the prompt's start or null,
+  // document tokens or null, tokens, activations]}}), shared by the neuron's page and its heads'
+  // pages; each <div class="toks" data-ex="id"> is drawn from it. Tokens (indices into v) and
+  // activations are packed strings (render.py's pack): 5 bits a character, least significant
+  // first, a character from the second half of DIGITS when more follow; an activation's code is
+  // 0 when missing, else 1 + 2 x its thousandths + 1 when negative.
+  var DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_";
+  function unpack(s) {
+    var out = [], u = 0, shift = 0;
+    for (var i = 0; i < s.length; i++) {
+      var d = DIGITS.indexOf(s.charAt(i));
+      if (d >= 32) { u += (d - 32) * Math.pow(2, shift); shift += 5; }
+      else { out.push(u + d * Math.pow(2, shift)); u = 0; shift = 0; }
+    }
+    return out;
+  }
+  function activation(c) {
+    if (c === 0) return null;
+    var k = Math.floor((c - 1) / 2), neg = (c - 1) % 2 === 1;
+    return neg ? (k === 0 ? -1e-9 : -k / 1000) : k / 1000;  // -1e-9: negative, shown as -0.000
+  }
+  function example(v, r) {
+    var t = unpack(r[4]).map(function (i) { return v[i]; });
+    return {f: r[0], p: r[1], s: r[2], n: r[3], t: t, a: unpack(r[5]).map(activation)};
+  }
   function hex2(v) { return ("0" + Math.round(255 * v).toString(16)).slice(-2); }
   function colour(a, scale) {
     if (a === null || !isFinite(a) || scale <= 0) return "transparent";
@@ -26,7 +48,7 @@
     var out = document.createDocumentFragment();
     if (x.f > 0) out.appendChild(span("ell", "earlier tokens not shown", "\u2026"));
     for (var i = 0; i < x.t.length; i++) {
-      var d = x.f + i, s = x.t[i], a = x.a[i] === null ? null : Number.isInteger(x.a[i]) ? x.a[i] / 1000 : x.a[i];
+      var d = x.f + i, s = x.t[i], a = x.a[i];
       if (x.s !== null && d === x.s && x.s > 0) out.appendChild(span("cut", "the truncated prompt starts here"));
       var cls = "tok" + (d === x.p ? " max" : "") + ((x.s !== null && d < x.s) || d > x.p ? " out" : "");
       var label = s === "" ? "(the first bytes of the next token's character)" : "'" + visible(s) + "'";
@@ -42,8 +64,8 @@
   var EX = window.CTXL_EXAMPLES;
   var boxes = document.querySelectorAll(".toks[data-ex]");
   for (var b = 0; b < boxes.length; b++) {
-    var x = EX && EX.ex[boxes[b].getAttribute("data-ex")];
-    if (x) drawTokens(boxes[b], x, EX.scale);
+    var r = EX && EX.ex[boxes[b].getAttribute("data-ex")];
+    if (r) drawTokens(boxes[b], example(EX.v, r), EX.scale);
   }
 
   // ---------------------------------------------------------------- the index's explorers
@@ -51,11 +73,10 @@
   function fmt(v, kind) {
     if (v === null || v === undefined || (typeof v === "number" && !isFinite(v))) return "\u2013";
     if (kind === "pct") return Math.round(100 * v) + "%";
-    if (typeof v === "number") {
+    if (typeof v === "number") {  // one format per column, as the report's fmt(): integers, or 3 decimals
       if (Number.isInteger(v) && kind !== "float") return String(v);
-      if (v === 0) return "0";
-      var a = Math.abs(v);
-      return (a >= 1e-3 && a < 1e5) ? v.toFixed(3) : v.toExponential(2);
+      var s = v.toFixed(3);
+      return Number(s) === 0 ? "0.000" : s;
     }
     return String(v);
   }
