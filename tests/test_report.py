@@ -277,7 +277,7 @@ def test_tokens_coloured_max_and_truncation_marked(site, run_dir):
             assert (x["f"], x["p"], x["s"], x["n"], x["t"]) == (e.first, e.position, e.start, e.doc_len, e.strs)
             for k, a in zip(x["a"], e.acts):  # thousandths, as the tooltip shows them; a tiny negative as itself
                 assert k == round(float(f"{a:.3f}") * 1000) if isinstance(k, int) else (k < 0 and f"{a:.3f}" == "-0.000")
-            assert f'data-ex="train-{e.rank}-{e.doc_id}"' in page
+            assert f'<div class="ex" id="train-{e.rank}-{e.doc_id}">' in page or f'id="train-{e.rank}-{e.doc_id}"' in page
         cut_pages += any(e.start is not None and e.start > e.first for e in exs)
     assert data.mismatches == 0
     assert cut_pages > 0
@@ -364,7 +364,7 @@ def test_without_corpus_colours_the_prompts_alone(run_dir, tmp_path):
     for e in kept:  # the prompt alone gives the truncated prompt's activation at its last token
         assert e.acts[-1] == pytest.approx(e.prompt_activation, rel=1e-3, abs=1e-4)
     page = open(os.path.join(os.path.dirname(out), neuron_page(n.layer, n.neuron)), encoding="utf-8").read()
-    assert "Context unavailable" in page and 'class="toks" data-ex=' in page
+    assert "Context unavailable" in page and 'class="ex" id="train-' in page
     assert len(_examples_js(os.path.dirname(out), n.layer, n.neuron)["ex"]) >= len(kept)
 
 
@@ -434,7 +434,7 @@ def test_notebook_views(run_dir, site):
     # the same views as the pages
     page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
     legend = '<span class="tok max">max</span>'
-    assert page.count('data-ex=') == n.count('class="tok max') - n.count(legend) > 0
+    assert page.count('<div class="ex') == n.count('class="tok max') - n.count(legend) > 0
     assert "<script" not in h and "<script" not in n  # a notebook view draws its tokens inline
     assert isinstance(view(r, run_dir), HeadView)
     assert isinstance(view(scores.iloc[[0]], run_dir), HeadView)
@@ -507,6 +507,52 @@ def _not_blank(png, tmp_path, name):
     assert img.std() > 10 and differs > 0.03, f"{name}: screenshot looks blank (std {img.std():.1f}, {differs:.3f})"
 
 
+_CHIPS_JS = """Array.from(document.querySelectorAll('.ex[id]')).map(e => [e.id,
+  Array.from(e.querySelectorAll('.heads')).map(h => [h.firstChild.textContent, Array.from(h.querySelectorAll('.chip')).map(
+    c => [c.tagName, c.className, c.getAttribute('href'), c.title, c.textContent])])])"""
+
+
+def _check_chips(b, run_dir, layer, neuron, page):
+    """The active heads that static/report.js drew on each example of a neuron's (or head's) page
+    are those of the attribution table: per example whose prompt has attribution, one line of
+    chips, the active heads by attribution (highest first), each with its attribution to 2
+    decimals, a tooltip with it to 4 decimals and the prompt's threshold, a link exactly when
+    the neuron-head pair has a page. Returns the number of chips checked."""
+    from ctxlookup.attribution import active_threshold
+
+    data = RunData(run_dir)
+    rule = data.protocol.get("active_rule", "mean+2sd")
+    pairs = {tuple(k) for k in pd.read_parquet(os.path.join(run_dir, "heads.parquet"))[
+        ["layer", "neuron", "head_layer", "head"]].astype(int).values.tolist()}
+    exs = {f"{e.split}-{e.rank}-{e.doc_id}": e for split in ("train", "test") for e in data.examples(layer, neuron, split)}
+    tables = {split: pd.read_parquet(os.path.join(run_dir, f"{name}.parquet"))
+              for split, name in (("train", "attribution"), ("test", "test_attribution"))}
+    drawn = b.eval(_CHIPS_JS)
+    assert drawn, page
+    n = 0
+    for key, lines in drawn:
+        e = exs[key]
+        att = tables[e.split]
+        rows = att[att.prompt_id == e.prompt_id] if e.prompt_id is not None else att.iloc[:0]
+        if not len(rows):
+            assert lines == [], (page, key)
+            continue
+        thr = active_threshold(rows.score.to_numpy(np.float64), rule)
+        act = rows[rows.active].astype({"score": np.float64}).sort_values(["score", "head_layer", "head"], ascending=False)
+        assert len(lines) == 1, (page, key)
+        first, chips = lines[0]
+        want = [["A" if (layer, neuron, r.head_layer, r.head) in pairs else "SPAN",
+                 "chip sel" if (layer, neuron, r.head_layer, r.head) in pairs else "chip",
+                 f"../heads/L{layer}N{neuron}_L{r.head_layer}H{r.head}.html"
+                 if (layer, neuron, r.head_layer, r.head) in pairs else None,
+                 f"attribution {r.score:.4f} (threshold {thr:.4f})", f"L{r.head_layer}H{r.head} {r.score:.2f}"]
+                for r in act.itertuples(index=False)]
+        assert first == ("active heads: " if want else f"no head active (threshold {thr:.3f})"), (page, key)
+        assert chips == want, (page, key)
+        n += len(chips)
+    return n
+
+
 def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     b = browser
     coloured_js = ("Array.from(document.querySelectorAll('.tok')).filter(e => "
@@ -542,6 +588,8 @@ def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     assert b.eval("Array.from(document.scripts).map(s => s.getAttribute('src'))") == [
         f"../assets/examples/L{p.layer}N{p.neuron}.js", "../static/report.js"]
     assert b.eval("document.querySelectorAll('.toks[data-ex]:empty').length") == 0  # every example drawn
+    assert b.eval("document.querySelectorAll('.ex .meta:empty').length") == 0  # and its line of facts
+    n_chips = _check_chips(b, run_dir, p.layer, p.neuron, "neuron")
     _check_links(b, "neuron")
     _not_blank(b.screenshot(), tmp_path, "neuron")
     target = head_page(p.layer, p.neuron, p.head_layer, p.head)
@@ -552,8 +600,17 @@ def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     assert b.problems(mark) == []
     assert b.eval(coloured_js) > 20
     assert b.eval("document.querySelector('h1').textContent").startswith(f"Head L{p.head_layer}H{p.head}")
+    n_chips += _check_chips(b, run_dir, p.layer, p.neuron, "head")
+    assert n_chips > 0
     _check_links(b, "head")
     _not_blank(b.screenshot(), tmp_path, "head")
+    # a chip that the script drew links to its head's page (a real navigation)
+    mark = len(b.events)
+    chip = b.eval("(() => { const a = document.querySelector('.heads a.chip'); a.click(); return a.getAttribute('href'); })()")
+    b.wait_navigation(mark)
+    assert b.eval("location.href").endswith(chip[len("../"):]) and b.problems(mark) == []
+    assert b.eval("document.querySelectorAll('.heads .chip').length") > 0
+    b.open(_file_url(os.path.join(site, target)))
     mark = len(b.events)
     b.eval("document.querySelector('h1 a').click()")
     b.wait_navigation(mark)

@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jinja2
@@ -239,10 +240,48 @@ def _chips(data: RunData, links: Links, e: Example, highlight: Optional[Tuple[in
 
 
 def _ex(data: RunData, links: Links, e: Example, main_n: Optional[int] = None, meta: str = "", highlight=None,
-        cls: str = "") -> dict:
-    """What the ``example`` macro draws of one example (``meta``: HTML from a template)."""
+        cls: str = "", nums: Optional[list] = None, verdict: Optional[list] = None) -> dict:
+    """What the ``example`` macro draws of one example (``meta``: HTML from a template). On a site's
+    page the facts line and the active heads are drawn by ``static/report.js`` from the neuron's
+    examples script (:func:`examples_js`): the page keeps what is its own, the ``nums``
+    (:func:`_head_nums`) and ``verdict`` (a test prompt's, :func:`_verdict`) of a head's page."""
+    def js(v):
+        return None if v is None or not links.site else json.dumps(v, separators=(",", ":"))
+
     return dict(e=e, beyond=main_n if main_n is not None and e.rank >= main_n and e.split == "train" else None,
-                meta=Markup(meta) if meta else "", chips=_chips(data, links, e, highlight), cls=cls)
+                meta=Markup(meta) if meta else "", chips=None if links.site else _chips(data, links, e, highlight),
+                cls=cls, nums=js(nums), verdict=js(verdict))
+
+
+def _num(text: str, digits: int = 3):
+    """A number as a page writes it (``text``, ``digits`` decimals) for ``static/report.js``'s
+    ``num``: the integer of its digits when it is ``[-]D.DDD`` (a negative zero excepted), else
+    the text itself (``–``)."""
+    m = re.fullmatch(r"(-?)(\d+)\.(\d{%d})" % digits, text)
+    if m is None or len(m.group(2) + m.group(3)) > 15 or (m.group(1) and not int(m.group(2) + m.group(3))):
+        return text
+    return int(m.group(1) + m.group(2) + m.group(3))
+
+
+def _pct_code(text: str):
+    """A percentage as :func:`pct` writes it, for ``static/report.js``: the integer when it is ``D%``."""
+    return int(text[:-1]) if re.fullmatch(r"\d{1,15}%", text) else text
+
+
+def _verdict(r, pred: Optional[bool], truth: Optional[bool], answer: str) -> list:
+    """A test prompt's line on a head's page (``verdict.html``), for ``static/report.js``:
+    ``[classified (1, 0), predicted (1, 0; null: not classified, or the answer was not Yes or No),
+    actual (1, 0 or null), the answer when it was not Yes or No]``."""
+    b = (lambda v: None if v is None else int(v))
+    return [int(r is not None), b(pred), b(truth)] + ([answer] if r is not None and pred is None else [])
+
+
+def _head_nums(att, abl) -> list:
+    """What a head's page says of the head on one prompt, for ``static/report.js`` (the numbers of
+    ``head_meta.html``): ``[attribution, threshold]`` (both None when the prompt has no
+    attribution for the head), then ``p_clean, p_ablated`` when the prompt was ablated."""
+    out = [None, None] if att is None else [_num(fmt(att[0])), _num(fmt(att[1]))]
+    return out + ([] if abl is None else [_num(fmt(abl.p_clean)), _num(fmt(abl.p_ablated))])
 
 
 def _grid(data: RunData, links: Links, layer: int, neuron: int, exs: List[Example]) -> Optional[dict]:
@@ -377,9 +416,16 @@ def head_html(data: RunData, layer: int, neuron: int, head_layer: int, head: int
         return None if att is None or (head_layer, head) not in att[1] else (att, att[1][(head_layer, head)])
 
     def head_meta(e: Example) -> str:
+        if links.site:   # drawn by static/report.js from head_nums
+            return ""
         got = att_of(e, e.split)
         return _render("head_meta.html", hl=hl, att=None if got is None else (got[1][0], got[0][0]),
                        abl=abl_map.get(e.prompt_id) if e.split == "train" else None)
+
+    def head_nums(e: Example) -> list:
+        got = att_of(e, e.split)
+        return _head_nums(None if got is None else (got[1][0], got[0][0]),
+                          abl_map.get(e.prompt_id) if e.split == "train" else None)
 
     def active(e: Example, split: str = "train") -> Optional[bool]:
         got = att_of(e, split)
@@ -401,8 +447,10 @@ def head_html(data: RunData, layer: int, neuron: int, head_layer: int, head: int
         pred = None if pred is None or pred is pd.NA else bool(pred)
         right = "" if r is None or pred is None else ("right" if pred == truth else "wrong")
         answer = "" if r is None else (cell(r.answer) or cell(r.error) or "")[:40]
-        meta = _render("verdict.html", r=r, pred=pred, truth=truth, answer=answer, head_meta=Markup(head_meta(e)))
-        test.append(_ex(data, links, e, meta=meta, highlight=(head_layer, head), cls=right))
+        meta = "" if links.site else _render("verdict.html", r=r, pred=pred, truth=truth, answer=answer,
+                                             head_meta=Markup(head_meta(e)))
+        test.append(_ex(data, links, e, meta=meta, highlight=(head_layer, head), cls=right, nums=head_nums(e),
+                        verdict=_verdict(r, pred, truth, answer)))
     counts = []
     if len(sc) > 1 and "n_prompts_per_neuron" in sc.columns:
         counts = [[fmt(r.n_prompts_per_neuron), fmt(getattr(r, "E", None)), fmt(getattr(r, "TPR", None)),
@@ -417,8 +465,10 @@ def head_html(data: RunData, layer: int, neuron: int, head_layer: int, head: int
         "head.html", links=links, layer=layer, neuron=neuron, hl=hl, nl=neuron_label(layer, neuron), info=info,
         token=cell(info.get("token")), g=gv, p=pv, n=n, notes=_notes(data, ("train", "test"), coloured),
         who=llm.get("model") or llm.get("explainer") or data.options.get("explainer", ""), extra=extra,
-        act=[_ex(data, links, e, meta=head_meta(e), highlight=(head_layer, head)) for e in exs if active(e)],
-        ina=[_ex(data, links, e, meta=head_meta(e), highlight=(head_layer, head)) for e in exs if active(e) is False],
+        act=[_ex(data, links, e, meta=head_meta(e), highlight=(head_layer, head), nums=head_nums(e))
+             for e in exs if active(e)],
+        ina=[_ex(data, links, e, meta=head_meta(e), highlight=(head_layer, head), nums=head_nums(e))
+             for e in exs if active(e) is False],
         coloured=coloured,
         scale=data.scale(layer, neuron), has_predictions=len(preds.columns) > 0, test=test, counts=counts,
         siblings=siblings)
@@ -620,12 +670,51 @@ def _act_code(a: float) -> int:
     return 1 + 2 * abs(k) + (1 if a < 0 else 0)
 
 
+def _facts(e: Example) -> list:
+    """An example's line of facts (the ``example`` macro's), for ``static/report.js``: ``[rank,
+    doc, subset or null, maximum, its token, prompt tokens (null: dropped by truncation), the
+    prompt's activation, its share of the maximum, 1 when the activations are the prompt's
+    alone]``, numbers as :func:`_num` and :func:`_pct_code` write them."""
+    share = pct(e.prompt_activation / e.activation if e.activation and isnum(e.prompt_activation) else None)
+    return [int(e.rank), int(e.doc_id), str(e.subset) if e.subset else None, _num(fmt(e.activation)), int(e.position),
+            None if e.prompt_id is None else ("" if e.n_tokens is None else int(e.n_tokens)),
+            _num(fmt(e.prompt_activation)), _pct_code(share), int(e.context == "prompt")]
+
+
+def _heads_row(data: RunData, e: Example) -> Optional[list]:
+    """The heads active on an example's prompt, for ``static/report.js``: ``[threshold (4 decimals),
+    threshold (3 decimals), then per head, the highest attribution first: head layer, head,
+    attribution (4 decimals), attribution (2 decimals)]``; None when its prompt has no attribution."""
+    if e.prompt_id is None:
+        return None
+    att = data.attribution_index(e.split).get(e.prompt_id)
+    if att is None:
+        return None
+    thr, heads = att
+    out = [_num(f"{thr:.4f}", 4), _num(fmt(thr))]
+    for s, hl, h in sorted(((s, hl, h) for (hl, h), (s, a) in heads.items() if a), reverse=True):
+        out += [int(hl), int(h), _num(f"{s:.4f}", 4), _num(fmt(s, 2), 2)]
+    return out
+
+
 def examples_js(data: RunData, layer: int, neuron: int) -> str:
-    """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, v, ex}``. ``v``:
-    the neuron's token texts, each once, the most frequent first; ``ex``: under each example's
-    element id, ``[first, maximum, prompt start or null, document tokens or null, tokens,
+    """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, v, ex, nl, hp,
+    m, c}``. ``v``: the neuron's token texts, each once, the most frequent first; ``ex``: under each
+    example's element id, ``[first, maximum, prompt start or null, document tokens or null, tokens,
     activations]``, the tokens as indices into ``v`` and the activations as :func:`_act_code`, both
-    :func:`pack`-ed (a third of the JSON lists' size)."""
+    :func:`pack`-ed (a third of the JSON lists' size). The neuron's page and its heads' pages draw
+    each max-activating example's line of facts and active heads from the same data: ``nl`` the
+    neuron's label, ``hp`` its heads that have a page (the chips that link), ``m`` each example's
+    :func:`_facts`, ``c`` its :func:`_heads_row` (where its prompt has attribution)."""
+    facts, heads = {}, {}
+    for split in ("train", "test"):
+        for e in data.examples(layer, neuron, split):
+            key = f"{e.split}-{e.rank}-{e.doc_id}"
+            facts[key] = _facts(e)
+            row = _heads_row(data, e)
+            if row is not None:
+                heads[key] = row
+    pages = sorted(head_label(k[2], k[3]) for k in data.pair_keys() if k[:2] == (int(layer), int(neuron)))
     rows = []
     quant = [e for b in data.bands(layer, neuron) for e in b.examples]
     for split in ("train", "test", "q"):
@@ -640,5 +729,6 @@ def examples_js(data: RunData, layer: int, neuron: int) -> str:
     index = {t: i for i, t in enumerate(vocab)}
     ex = {f"{e.split}-{e.rank}-{e.doc_id}": [e.first, e.position, e.start, e.doc_len, pack(index[t] for t in e.strs),
                                               pack(_act_code(a) for a in e.acts)] for e in rows}
-    obj = dict(scale=data.scale(layer, neuron), v=vocab, ex=ex)
+    obj = dict(scale=data.scale(layer, neuron), v=vocab, ex=ex, nl=neuron_label(layer, neuron), hp=pages, m=facts,
+               c=heads)
     return "window.CTXL_EXAMPLES = " + json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + ";\n"

@@ -1,5 +1,5 @@
 /* ctxlookup report: the one script of every page (copied to static/report.js). It draws the
-   coloured tokens of the examples and runs the index's explorers; nothing is fetched. */
+   examples (their coloured tokens, facts and active heads) and runs the index's explorers; nothing is fetched. */
 (function () {
   "use strict";
   function el(tag, cls, text) {
@@ -61,7 +61,99 @@
     div.textContent = "";
     div.appendChild(out);
   }
+  // ---------------------------------------------------------------- the examples' facts and heads
+  // Each <div class="ex" id="id"> of a site's page holds only what is its page's own (spans that
+  // end its line of facts; the tokens of an example without them). It gets its line of facts from
+  // EX.m[id] ([rank, doc, subset or null, maximum, its token, prompt tokens or null when truncation
+  // dropped the document, the prompt's activation, its share, 1 when the activations are the
+  // prompt's alone]), the box of its tokens, and the heads active on its prompt from EX.c[id]
+  // ([threshold to 4 and to 3 decimals, then per head: layer, head, attribution to 4 and to 2
+  // decimals]); a chip links to the head's page when EX.hp has it. A head's page keeps its own
+  // numbers in a <span data-x>: [attribution, threshold] (nulls: none), then p clean and ablated;
+  // a test prompt's verdict in its data-v (render.py's _verdict).
+  // Numbers are render.py's _num: the integer of the digits of the text the report writes, or
+  // that text.
+  function num(v, d) {
+    if (typeof v !== "number") return v;
+    var s = String(Math.abs(v));
+    while (s.length <= d) s = "0" + s;
+    return (v < 0 ? "-" : "") + s.slice(0, s.length - d) + "." + s.slice(s.length - d);
+  }
+  function fill(e, parts) {  // strings (as text: adjacent ones in one node, as the templates wrote them) and elements
+    for (var i = 0; i < parts.length; i++) {
+      if (typeof parts[i] !== "string") { e.appendChild(parts[i]); continue; }
+      var t = parts[i];
+      while (i + 1 < parts.length && typeof parts[i + 1] === "string") t += parts[++i];
+      e.appendChild(document.createTextNode(t));
+    }
+    return e;
+  }
+  function node(parts, tag, cls) { return fill(el(tag || "span", cls), parts); }
+  function muted(text) { return node([el("span", "muted", text)]); }
+  function facts(meta, m, here) {
+    var own = meta.querySelector("[data-x]"), first = meta.firstChild, out = [];
+    if (m[0] >= 0) out.push(node([el("b", null, "#" + m[0])]));
+    out.push(node(["doc " + m[1]]));
+    if (m[2] !== null) out.push(node([el("span", "chip", m[2])]));
+    out.push(node(["max ", el("b", null, num(m[3], 3)), " at token " + m[4]]));
+    if (m[5] === null) out.push(muted("dropped by truncation (no short prompt keeps enough of the activation)"));
+    else out.push(node(["prompt: " + m[5] + " tokens \u2192 ", el("b", null, num(m[6], 3)),
+                        " (" + (typeof m[7] === "number" ? m[7] + "%" : m[7]) + ")"]));
+    for (var i = 0; i < out.length; i++) meta.insertBefore(out[i], first);
+    if (m[8]) meta.insertBefore(muted("activations of the truncated prompt alone"), own);
+    if (!own) return;
+    var x = JSON.parse(own.getAttribute("data-x")), parts = [];
+    if (own.hasAttribute("data-v")) parts = verdict(JSON.parse(own.getAttribute("data-v")));
+    if (x[0] !== null) parts.push(here + " attribution ", el("b", null, num(x[0], 3)), " (threshold " + num(x[1], 3) + ")");
+    if (x[0] !== null && x.length > 2) parts.push(" \u00b7 ");
+    if (x.length > 2) parts.push("ablating it: p " + num(x[2], 3) + " \u2192 " + num(x[3], 3));
+    fill(own, parts);
+  }
+  function badge(v) { return el("span", "badge " + (v ? "yes" : "no"), v ? "active" : "inactive"); }
+  function verdict(v) {  // a test prompt's: the classifier's prediction against the head's activity
+    var out = v[0] === 0 ? [el("span", "muted", "not classified")] :
+      v[1] === null ? [el("span", "badge unk", "unparsed"), " ", el("span", "mono", v[3])] :
+      [el("span", v[1] === v[2] ? "ok" : "bad", v[1] === v[2] ? "\u2713" : "\u2717"), " predicted ", badge(v[1])];
+    out.push(" ");
+    if (v[2] !== null) out.push("actual ", badge(v[2]));
+    out.push(" \u00b7 ");
+    return out;
+  }
+  function heads(c, pages) {
+    if (c.length === 2) return node(["no head active (threshold " + num(c[1], 3) + ")"], "div", "heads");
+    var out = node(["active heads: "], "div", "heads");
+    for (var i = 2; i < c.length; i += 4) {
+      var label = "L" + c[i] + "H" + c[i + 1], page = pages[label];
+      var chip = node([label + " ", el("b", null, num(c[i + 3], 2))], page ? "a" : "span", page ? "chip sel" : "chip");
+      if (page) chip.href = "../heads/" + EX.nl + "_" + label + ".html";
+      chip.title = "attribution " + num(c[i + 2], 4) + " (threshold " + num(c[0], 4) + ")";
+      out.appendChild(chip);
+    }
+    return out;
+  }
   var EX = window.CTXL_EXAMPLES;
+  if (EX && EX.m) {
+    var hl = document.body.getAttribute("data-head-layer");
+    var here = hl === null ? null : "L" + hl + "H" + document.body.getAttribute("data-head");
+    var pages = {};
+    for (var p = 0; p < EX.hp.length; p++) pages[EX.hp[p]] = true;
+    var cards = document.querySelectorAll(".ex[id]");
+    for (var k = 0; k < cards.length; k++) {
+      var card = cards[k], m = EX.m[card.id], c = EX.c[card.id];
+      if (!m || card.querySelector(".meta")) continue;
+      var meta = el("div", "meta");  // the page's own spans go into the line of facts
+      while (card.firstChild && card.firstChild.tagName === "SPAN") meta.appendChild(card.firstChild);
+      card.insertBefore(meta, card.firstChild);
+      facts(meta, m, here);
+      if (!card.querySelector(".toks")) {
+        var box = el("div", "toks");
+        box.setAttribute("data-ex", card.id);
+        card.appendChild(box);
+      }
+      if (c) card.appendChild(heads(c, pages));
+    }
+  }
+
   var boxes = document.querySelectorAll(".toks[data-ex]");
   for (var b = 0; b < boxes.length; b++) {
     var r = EX && EX.ex[boxes[b].getAttribute("data-ex")];
