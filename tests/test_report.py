@@ -112,6 +112,11 @@ def _examples_js(site, layer, neuron):
         k, neg = (c - 1) // 2, (c - 1) % 2 == 1
         return None if c == 0 else (-1e-9 if neg and k == 0 else -k if neg else k)
 
+    if isinstance(obj["v"], str):  # ids in the report's shared texts (assets/vocab.js)
+        vtext = open(os.path.join(site, "assets", "vocab.js"), encoding="utf-8").read()
+        assert vtext.startswith("window.CTXL_VOCAB = ") and vtext.endswith(";\n")
+        shared = json.loads(vtext[len("window.CTXL_VOCAB = "):-2])
+        obj["v"] = [shared[i] for i in _unpack(obj["v"])]
     obj["ex"] = {key: dict(f=r[0], p=r[1], s=r[2], n=r[3], t=[obj["v"][i] for i in _unpack(r[4])],
                            a=[act(c) for c in _unpack(r[5])]) for key, r in obj["ex"].items()}
     return obj
@@ -218,7 +223,10 @@ def test_hostile_text_is_escaped_everywhere(site, run_dir, tmp_path):
             # no inline script: the site's one script, and its data (the index's rows, a neuron's examples)
             scripts = [a.get("src") for tag, a in p.tags if tag == "script"]
             assert scripts and all(scripts) and scripts[-1].endswith("static/report.js"), (page, scripts)
-            assert len(scripts) == (1 if os.sep + "lists" + os.sep in page else 2), (page, scripts)
+            # a list page: the script; the index: its rows too; a neuron or head page: the report's
+            # shared token texts and the neuron's examples
+            want = 1 if os.sep + "lists" + os.sep in page else 2 if os.path.basename(page) == "index.html" else 3
+            assert len(scripts) == want, (page, scripts)
             assert len(re.findall(r"<script[^>]*>", text)) == len(scripts) and text.count("</script>") == len(scripts)
             for tag, attrs in p.tags:
                 assert not any(k.startswith("on") for k in attrs), f"{page}: <{tag}> has an event handler attribute"
@@ -434,7 +442,10 @@ def test_notebook_views(run_dir, site):
     # the same views as the pages
     page = open(os.path.join(site, neuron_page(r.layer, r.neuron)), encoding="utf-8").read()
     legend = '<span class="tok max">max</span>'
-    assert page.count('<div class="ex') == n.count('class="tok max') - n.count(legend) > 0
+    a, b = n.find('<section class="views">'), n.find("</section>")
+    views = n[a:b] if a >= 0 else ""  # the histogram's quantile examples, each with its token marked too
+    assert views.count('class="tok max') == views.count('<div class="qex">')
+    assert page.count('<div class="ex') == n.count('class="tok max') - n.count(legend) - views.count('class="tok max') > 0
     assert "<script" not in h and "<script" not in n  # a notebook view draws its tokens inline
     assert isinstance(view(r, run_dir), HeadView)
     assert isinstance(view(scores.iloc[[0]], run_dir), HeadView)
@@ -584,9 +595,9 @@ def test_in_headless_chromium(browser, site, run_dir, tmp_path):
     assert b.problems(mark) == []
     assert b.eval(coloured_js) > 20
     assert b.eval("document.querySelectorAll('.tok.max').length") >= 1
-    # the hostile corpus ran nothing: the only scripts are the site's and the neuron's examples
+    # the hostile corpus ran nothing: the only scripts are the site's, its token texts and the neuron's examples
     assert b.eval("Array.from(document.scripts).map(s => s.getAttribute('src'))") == [
-        f"../assets/examples/L{p.layer}N{p.neuron}.js", "../static/report.js"]
+        "../assets/vocab.js", f"../assets/examples/L{p.layer}N{p.neuron}.js", "../static/report.js"]
     assert b.eval("document.querySelectorAll('.toks[data-ex]:empty').length") == 0  # every example drawn
     assert b.eval("document.querySelectorAll('.ex .meta:empty').length") == 0  # and its line of facts
     n_chips = _check_chips(b, run_dir, p.layer, p.neuron, "neuron")
@@ -822,8 +833,9 @@ def test_stored_quantile_windows_are_what_the_model_reads(run_dir, tmp_path):
     """The run's own scan stored every neuron's histogram and band samples, and its examples stage
     the tokens around each sample (``quantile_windows``): the report reads them without the model,
     and they equal the windows the model reads on a copy without that table (the same tokens and
-    texts; activations up to the reordering of a different batching)."""
-    from conftest import assert_same_up_to_reordering
+    texts; activations to test_windows' batch tolerance: the report batches the windows otherwise,
+    and six layers of reordered sums add up past conftest's single-product REORDER_RTOL)."""
+    from test_windows import same_activations
 
     stored = RunData(run_dir, model=False)
     keys = sorted(set(map(tuple, stored.neurons[["layer", "neuron"]].astype(int).values.tolist())))
@@ -838,7 +850,7 @@ def test_stored_quantile_windows_are_what_the_model_reads(run_dir, tmp_path):
         for ba, bb in zip(a, b):
             for ea, eb in zip(ba.examples, bb.examples):
                 assert (ea.doc_id, ea.position, ea.first, ea.strs) == (eb.doc_id, eb.position, eb.first, eb.strs)
-                assert_same_up_to_reordering(ea.acts, eb.acts)
+                same_activations(ea.acts, eb.acts)
                 n_examples += 1
     assert n_examples == len(stored.table("quantile_examples")) and stored.mismatches == fresh.mismatches == 0
 

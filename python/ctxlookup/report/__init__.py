@@ -44,7 +44,7 @@ from typing import Dict, Optional
 import pandas as pd
 
 from .data import AFTER, BEFORE, Example, RunData, isnum
-from .render import (STATIC, Links, esc, example_page, examples_js, fmt, fragment, head_html, head_label, head_page,
+from .render import (STATIC, Links, esc, example_page, examples_js, vocab_js, fmt, fragment, head_html, head_label, head_page,
                      index_html, index_records, list_pages, nav_html, neuron_html, neuron_label, neuron_page, page, page_key,
                      summary_html, tables_html)
 
@@ -116,19 +116,22 @@ def report(run, out: Optional[str] = None, model=None, corpus=None, test_corpus=
         _write(os.path.join(out, path), text)
     for path, text in list_pages("heads", "Neuron\u2013head pairs", records["heads"], page_size).items():
         _write(os.path.join(out, path), text)
+    shared: dict = {}  # token texts -> ids, for every neuron's examples script (assets/vocab.js)
     for l, n in sorted(set(neurons) | {k[:2] for k in pairs}):   # each neuron's examples, once for all its pages
-        _write(os.path.join(out, example_page(l, n)), examples_js(data, l, n))
+        _write(os.path.join(out, example_page(l, n)), examples_js(data, l, n, shared))
+    _write(os.path.join(assets, "vocab.js"), vocab_js(shared))
     for i, (l, n) in enumerate(neurons):
         body = neuron_html(data, l, n, sub)
         body += nav_html(sub, neurons[i - 1] if i else None, neurons[i + 1] if i + 1 < len(neurons) else None, "neuron")
         _write(os.path.join(out, neuron_page(l, n)), page(f"{neuron_label(l, n)} \u00b7 ctxlookup", body, depth=1,
-                                                          scripts=["../" + example_page(l, n)], key=page_key(l, n)))
+                                                          scripts=["../assets/vocab.js", "../" + example_page(l, n)], key=page_key(l, n)))
     for i, k in enumerate(pairs):
         body = head_html(data, *k, links=sub)
         body += nav_html(sub, pairs[i - 1] if i else None, pairs[i + 1] if i + 1 < len(pairs) else None, "head")
         _write(os.path.join(out, head_page(*k)),
                page(f"{head_label(k[2], k[3])} \u2192 {neuron_label(k[0], k[1])} \u00b7 ctxlookup", body, depth=1,
-                    scripts=["../" + example_page(k[0], k[1])], key=page_key(*k)))
+                    scripts=["../assets/vocab.js", "../" + example_page(k[0], k[1])],
+                    key=page_key(*k)))
     if progress:
         print(f"report: {len(neurons)} neuron pages, {len(pairs)} head pages in {time.perf_counter() - t0:.1f} s: "
               f"{os.path.join(out, 'index.html')}", file=sys.stderr)

@@ -24,7 +24,7 @@ from .data import Example, RunData, cell, isnum
 
 __all__ = ["esc", "fmt", "pval", "pct", "neuron_label", "head_label", "neuron_page", "head_page", "example_page", "Links",
            "neuron_html", "head_html", "summary_html", "tables_html", "index_html", "list_pages", "nav_html",
-           "page", "page_key", "fragment", "examples_js", "index_records", "STATIC"]
+           "page", "page_key", "fragment", "examples_js", "vocab_js", "index_records", "STATIC"]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _CSS_SCOPED = "/* scoped:"
@@ -646,6 +646,14 @@ def nav_html(links: Links, prev, nxt, kind: str) -> str:
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_"
 
 
+def vocab_js(shared: Dict[str, int]) -> str:
+    """``assets/vocab.js``: ``window.CTXL_VOCAB``, the report's token texts in id order (the
+    neurons' examples scripts name their texts by these ids, so a text common to many neurons is
+    written once)."""
+    texts = sorted(shared, key=shared.get)
+    return "window.CTXL_VOCAB = " + json.dumps(texts, ensure_ascii=True, separators=(",", ":")) + ";\n"
+
+
 def pack(values) -> str:
     """Non-negative integers as one string, each in 5-bit groups, least significant first: a
     character of ``_DIGITS[32:]`` for a group that more follow, of ``_DIGITS[:32]`` for the last
@@ -697,9 +705,11 @@ def _heads_row(data: RunData, e: Example) -> Optional[list]:
     return out
 
 
-def examples_js(data: RunData, layer: int, neuron: int) -> str:
+def examples_js(data: RunData, layer: int, neuron: int, shared: Optional[Dict[str, int]] = None) -> str:
     """A neuron's examples for ``static/report.js``: ``window.CTXL_EXAMPLES = {scale, v, ex, nl, hp,
-    m, c}``. ``v``: the neuron's token texts, each once, the most frequent first; ``ex``: under each
+    m, c}``. ``v``: the neuron's token texts, each once, the most frequent first; with ``shared`` (the
+    report's texts -> ids, grown here, written once as ``assets/vocab.js`` by :func:`vocab_js`),
+    their ids in it, :func:`pack`-ed, instead of the texts; ``ex``: under each
     example's element id, ``[first, maximum, prompt start or null, document tokens or null, tokens,
     activations]``, the tokens as indices into ``v`` and the activations as :func:`_act_code`, both
     :func:`pack`-ed (a third of the JSON lists' size). The neuron's page and its heads' pages draw
@@ -729,6 +739,7 @@ def examples_js(data: RunData, layer: int, neuron: int) -> str:
     index = {t: i for i, t in enumerate(vocab)}
     ex = {f"{e.split}-{e.rank}-{e.doc_id}": [e.first, e.position, e.start, e.doc_len, pack(index[t] for t in e.strs),
                                               pack(_act_code(a) for a in e.acts)] for e in rows}
-    obj = dict(scale=data.scale(layer, neuron), v=vocab, ex=ex, nl=neuron_label(layer, neuron), hp=pages, m=facts,
+    v = vocab if shared is None else pack(shared.setdefault(t, len(shared)) for t in vocab)
+    obj = dict(scale=data.scale(layer, neuron), v=v, ex=ex, nl=neuron_label(layer, neuron), hp=pages, m=facts,
                c=heads)
     return "window.CTXL_EXAMPLES = " + json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False) + ";\n"

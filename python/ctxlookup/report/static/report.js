@@ -154,10 +154,12 @@
     }
   }
 
+  // v: the neuron's texts, or (a report with assets/vocab.js) their ids in window.CTXL_VOCAB, packed
+  var V = EX && (typeof EX.v === "string" ? unpack(EX.v).map(function (i) { return window.CTXL_VOCAB[i]; }) : EX.v);
   var boxes = document.querySelectorAll(".toks[data-ex]");
   for (var b = 0; b < boxes.length; b++) {
     var r = EX && EX.ex[boxes[b].getAttribute("data-ex")];
-    if (r) drawTokens(boxes[b], example(EX.v, r), EX.scale);
+    if (r) drawTokens(boxes[b], example(V, r), EX.scale);
   }
 
   // ---------------------------------------------------------------- the index's explorers
