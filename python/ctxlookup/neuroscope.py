@@ -115,7 +115,7 @@ def tables_from_state(state: dict, layers: Sequence[int], d_mlp: int, skip: int,
     # histograms: the bins from the first to the one holding the maximum
     width = np.ldexp(1.0, state["hist_exp"].astype(np.int64))
     start = state["hist_start"].astype(np.int64)
-    vmin, vmax = state["vmin"].astype(np.float64), state["vmax"].astype(np.float64)
+    vmax = state["vmax"].astype(np.float64)
     nonempty = state["total"] > 0
     last = np.where(nonempty, np.floor(vmax / width).astype(np.int64) - start, -1)
     B = state["hist"].shape[1]

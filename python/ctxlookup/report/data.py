@@ -606,7 +606,8 @@ class RunData:
         from ..windows import example_windows, quantile_rows
 
         q = quantile_rows(self.table("quantile_examples"))
-        q = q[[k in set(todo) for k in zip(q.layer.astype(int), q.neuron.astype(int))]]
+        want = set(todo)
+        q = q[[k in want for k in zip(q.layer.astype(int), q.neuron.astype(int))]]
         rows = []
         for k in todo:
             store[k] = []

@@ -222,16 +222,26 @@ def _notes(data: RunData, splits: Sequence[str], coloured: bool) -> List[str]:
     return out
 
 
-def _chips(data: RunData, links: Links, e: Example, highlight: Optional[Tuple[int, int]] = None) -> Optional[dict]:
-    """The heads active on an example's prompt (None when its prompt has no attribution)."""
+def _active_heads(data: RunData, e: Example) -> Optional[Tuple[float, List[Tuple[float, int, int]]]]:
+    """An example's prompt's threshold and its active heads as ``(attribution, head layer, head)``,
+    the highest attribution first; None when its prompt has no attribution."""
     if e.prompt_id is None:
         return None
     att = data.attribution_index(e.split).get(e.prompt_id)
     if att is None:
         return None
     thr, heads = att
+    return thr, sorted(((s, hl, h) for (hl, h), (s, a) in heads.items() if a), reverse=True)
+
+
+def _chips(data: RunData, links: Links, e: Example, highlight: Optional[Tuple[int, int]] = None) -> Optional[dict]:
+    """The heads active on an example's prompt (None when its prompt has no attribution)."""
+    att = _active_heads(data, e)
+    if att is None:
+        return None
+    thr, heads = att
     chips = []
-    for s, hl, h in sorted(((s, hl, h) for (hl, h), (s, a) in heads.items() if a), reverse=True):
+    for s, hl, h in heads:
         href = links.head(e.layer, e.neuron, hl, h)
         chips.append(dict(href=href, label=head_label(hl, h), score=s,
                           cls="chip" + (" sel" if (hl, h) == highlight or href else ""),
@@ -693,14 +703,12 @@ def _heads_row(data: RunData, e: Example) -> Optional[list]:
     """The heads active on an example's prompt, for ``static/report.js``: ``[threshold (4 decimals),
     threshold (3 decimals), then per head, the highest attribution first: head layer, head,
     attribution (4 decimals), attribution (2 decimals)]``; None when its prompt has no attribution."""
-    if e.prompt_id is None:
-        return None
-    att = data.attribution_index(e.split).get(e.prompt_id)
+    att = _active_heads(data, e)
     if att is None:
         return None
     thr, heads = att
     out = [_num(f"{thr:.4f}", 4), _num(fmt(thr))]
-    for s, hl, h in sorted(((s, hl, h) for (hl, h), (s, a) in heads.items() if a), reverse=True):
+    for s, hl, h in heads:
         out += [int(hl), int(h), _num(f"{s:.4f}", 4), _num(fmt(s, 2), 2)]
     return out
 
